@@ -1,0 +1,460 @@
+//! The validation pipeline: a tree of files in, typed objects or a full list of diagnostics
+//! out. All-or-nothing: a tree with any diagnostic is invalid as a whole, so a broken commit
+//! never reaches the cluster.
+//!
+//! Steps, cheapest first so that hostile input costs little:
+//! 1. list the tree, apply `.coxswainignore`, refuse symlinks that leave the tree, and check
+//!    file count, file size and total size *before* reading anything;
+//! 2. per file, in parallel: UTF-8 and control characters, then YAML with its limits
+//!    ([`crate::yaml`]), then per document the kind lookup, the JSON Schema, typed decoding
+//!    and the per-object rules ([`semantic`]);
+//! 3. across the tree: duplicates, namespaces, and references ([`refs`]).
+//!
+//! Step 2 is [`parse_file`], separate and pure so the Git source can cache its result per
+//! blob and re-parse only changed files.
+
+mod refs;
+pub(crate) mod semantic;
+
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+use crate::diagnostic::{Code, Diagnostic, line_of};
+use crate::error::Error;
+use crate::object::{self, KindInfo, Object};
+use crate::tree::{EntryKind, Tree, resolve_symlink};
+use crate::yaml::{self, Node, YamlLimits};
+
+/// The hard limits, each checked before the work it protects is spent.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// One file's size in bytes (default 1 MiB).
+    pub max_file_bytes: u64,
+    /// All manifest files together (default 64 MiB).
+    pub max_total_bytes: u64,
+    /// Number of manifest files (default 10,000).
+    pub max_files: usize,
+    /// Depth, documents per file, alias expansion and node count, per file.
+    pub yaml: YamlLimits,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_file_bytes: 1024 * 1024,
+            max_total_bytes: 64 * 1024 * 1024,
+            max_files: 10_000,
+            yaml: YamlLimits::default(),
+        }
+    }
+}
+
+/// The name of the ignore file, read from the root of the tree, with gitignore syntax.
+pub const IGNORE_FILE: &str = ".coxswainignore";
+
+/// Whether a path is a manifest by its extension.
+pub fn is_manifest_path(path: &str) -> bool {
+    let lower = path.to_ascii_lowercase();
+    lower.ends_with(".yaml") || lower.ends_with(".yml") || lower.ends_with(".json")
+}
+
+/// One document of a file, after everything per-object was checked.
+#[derive(Debug, Clone)]
+pub struct ParsedDoc {
+    /// Position among the file's non-empty documents.
+    pub index: usize,
+    /// The YAML tree, kept to locate any JSON pointer later (cross-object checks).
+    pub root: Node,
+    /// The object, when this document is valid on its own.
+    pub object: Option<Object>,
+    /// Kind, namespace and name, when they could be read even from an invalid document, so
+    /// that references to it and duplicates of it are still judged correctly.
+    pub ident: Option<Ident>,
+}
+
+/// Identity of an object in the tree.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Ident {
+    pub kind: &'static str,
+    pub group: &'static str,
+    /// `None` for cluster-scoped kinds; objects without a namespace are in `default`.
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+impl std::fmt::Display for Ident {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.namespace {
+            Some(ns) => write!(f, "{} {ns}/{}", self.kind, self.name),
+            None => write!(f, "{} {}", self.kind, self.name),
+        }
+    }
+}
+
+/// One file after [`parse_file`].
+#[derive(Debug, Clone)]
+pub struct ParsedFile {
+    pub path: String,
+    /// The text, kept so later diagnostics can quote the source line.
+    pub text: Arc<str>,
+    pub docs: Vec<ParsedDoc>,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl ParsedFile {
+    /// A diagnostic at a pointer of document `doc` of this file.
+    pub(crate) fn diag_at(&self, doc: &ParsedDoc, pointer: &str, code: Code, reason: String) -> Diagnostic {
+        let span = doc.root.locate(pointer);
+        Diagnostic {
+            file: self.path.clone(),
+            line: span.line,
+            column: span.column,
+            pointer: pointer.to_string(),
+            reason,
+            code,
+            source_line: line_of(&self.text, span.line),
+        }
+    }
+}
+
+/// The result of validating a tree.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// Manifest files read (after ignores).
+    pub files: Vec<ParsedFile>,
+    /// Every problem found, in file order. Empty means the tree is valid.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Report {
+    pub fn is_valid(&self) -> bool {
+        self.diagnostics.is_empty()
+    }
+
+    /// Every document that is a valid object, with the file it came from.
+    pub fn objects(&self) -> impl Iterator<Item = (&str, &Object)> {
+        self.files.iter().flat_map(|f| {
+            f.docs
+                .iter()
+                .filter_map(move |d| d.object.as_ref().map(|o| (f.path.as_str(), o)))
+        })
+    }
+
+    /// Number of documents (valid or not) across the tree.
+    pub fn document_count(&self) -> usize {
+        self.files.iter().map(|f| f.docs.len()).sum()
+    }
+}
+
+fn file_diag(path: &str, code: Code, line: u32, column: u32, reason: String, text: Option<&str>) -> Diagnostic {
+    Diagnostic {
+        file: path.to_string(),
+        line,
+        column,
+        pointer: String::new(),
+        reason,
+        code,
+        source_line: text.and_then(|t| line_of(t, line)),
+    }
+}
+
+fn mib(bytes: u64) -> String {
+    if bytes >= 1024 * 1024 {
+        format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+    } else {
+        format!("{bytes} bytes")
+    }
+}
+
+/// Validates a whole tree. Never panics on input; I/O problems become diagnostics too, so
+/// the caller always gets one complete answer.
+pub fn validate_tree(tree: &dyn Tree, limits: &Limits) -> Report {
+    let mut report = Report::default();
+    let entries = match tree.entries() {
+        Ok(e) => e,
+        Err(err) => {
+            report
+                .diagnostics
+                .push(file_diag(".", Code::Io, 1, 1, err.to_string(), None));
+            return report;
+        }
+    };
+    let ignore = build_ignore(tree, &entries, &mut report.diagnostics);
+
+    let mut to_read = Vec::new();
+    let mut total: u64 = 0;
+    for entry in &entries {
+        if entry.path == IGNORE_FILE || ignore.as_ref().is_some_and(|ig| ig.matched_path_or_any_parents(&entry.path, false).is_ignore()) {
+            continue;
+        }
+        match &entry.kind {
+            EntryKind::Symlink { target } => {
+                // A link inside the tree is skipped: its target is loaded under its own path.
+                // A link out of the tree is never followed, and is an error rather than a
+                // silent skip, since the user clearly meant something by it.
+                if resolve_symlink(&entry.path, target).is_none() {
+                    report.diagnostics.push(file_diag(
+                        &entry.path,
+                        Code::Limit,
+                        1,
+                        1,
+                        format!("symlink points outside the tree ({target}); coxswain never follows a symlink out of the tree"),
+                        None,
+                    ));
+                }
+            }
+            EntryKind::File if is_manifest_path(&entry.path) => {
+                if to_read.len() == limits.max_files {
+                    report.diagnostics.push(file_diag(
+                        &entry.path,
+                        Code::Limit,
+                        1,
+                        1,
+                        format!("more than {} manifest files in the tree (limit max_files)", limits.max_files),
+                        None,
+                    ));
+                    return report;
+                }
+                if entry.size > limits.max_file_bytes {
+                    report.diagnostics.push(file_diag(
+                        &entry.path,
+                        Code::Limit,
+                        1,
+                        1,
+                        format!("file is {}, more than the {} allowed (limit max_file_bytes)", mib(entry.size), mib(limits.max_file_bytes)),
+                        None,
+                    ));
+                    continue;
+                }
+                total = total.saturating_add(entry.size);
+                if total > limits.max_total_bytes {
+                    report.diagnostics.push(file_diag(
+                        &entry.path,
+                        Code::Limit,
+                        1,
+                        1,
+                        format!("manifests add up to more than {} with this file (limit max_total_bytes)", mib(limits.max_total_bytes)),
+                        None,
+                    ));
+                    return report;
+                }
+                to_read.push(entry.path.as_str());
+            }
+            EntryKind::File => {}
+        }
+    }
+
+    report.files = to_read
+        .par_iter()
+        .map(|path| match tree.read(path) {
+            Ok(bytes) => parse_file(path, &bytes, limits),
+            Err(err) => ParsedFile {
+                path: path.to_string(),
+                text: Arc::from(""),
+                docs: Vec::new(),
+                diagnostics: vec![file_diag(path, Code::Io, 1, 1, err.to_string(), None)],
+            },
+        })
+        .collect();
+    for f in &report.files {
+        report.diagnostics.extend(f.diagnostics.iter().cloned());
+    }
+    report.diagnostics.extend(refs::check_tree(&report.files));
+    report
+}
+
+fn build_ignore(
+    tree: &dyn Tree,
+    entries: &[crate::tree::TreeEntry],
+    diags: &mut Vec<Diagnostic>,
+) -> Option<ignore::gitignore::Gitignore> {
+    entries
+        .iter()
+        .find(|e| e.path == IGNORE_FILE && e.kind == EntryKind::File)?;
+    let text = match tree.read(IGNORE_FILE) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(err) => {
+            diags.push(file_diag(IGNORE_FILE, Code::Io, 1, 1, err.to_string(), None));
+            return None;
+        }
+    };
+    let mut builder = ignore::gitignore::GitignoreBuilder::new("");
+    for (i, line) in text.lines().enumerate() {
+        if let Err(err) = builder.add_line(None, line) {
+            let n = u32::try_from(i + 1).unwrap_or(u32::MAX);
+            diags.push(file_diag(IGNORE_FILE, Code::Parse, n, 1, err.to_string(), Some(&text)));
+        }
+    }
+    match builder.build() {
+        Ok(g) => Some(g),
+        Err(err) => {
+            diags.push(file_diag(IGNORE_FILE, Code::Parse, 1, 1, err.to_string(), Some(&text)));
+            None
+        }
+    }
+}
+
+/// Everything that can be checked on one file alone. Pure, so its result can be cached by
+/// content.
+pub fn parse_file(path: &str, bytes: &[u8], limits: &Limits) -> ParsedFile {
+    let mut file = ParsedFile {
+        path: path.to_string(),
+        text: Arc::from(""),
+        docs: Vec::new(),
+        diagnostics: Vec::new(),
+    };
+    if bytes.len() as u64 > limits.max_file_bytes {
+        file.diagnostics.push(file_diag(
+            path,
+            Code::Limit,
+            1,
+            1,
+            format!("file is {}, more than the {} allowed (limit max_file_bytes)", mib(bytes.len() as u64), mib(limits.max_file_bytes)),
+            None,
+        ));
+        return file;
+    }
+    let text = match yaml::check_text(bytes) {
+        Ok(t) => t,
+        Err(err) => {
+            file.diagnostics.push(error_diag(path, err, None));
+            return file;
+        }
+    };
+    file.text = Arc::from(text);
+    let docs = match yaml::parse_stream(text, &limits.yaml) {
+        Ok(d) => d,
+        Err(err) => {
+            file.diagnostics.push(error_diag(path, err, Some(text)));
+            return file;
+        }
+    };
+    for doc in docs {
+        let mut pd = ParsedDoc {
+            index: doc.index,
+            root: doc.root,
+            object: None,
+            ident: None,
+        };
+        let problems = check_document(&mut pd);
+        for (pointer, code, reason) in problems {
+            let d = file.diag_at(&pd, &pointer, code, reason);
+            file.diagnostics.push(d);
+        }
+        file.docs.push(pd);
+    }
+    file
+}
+
+fn error_diag(path: &str, err: Error, text: Option<&str>) -> Diagnostic {
+    match err {
+        Error::Parse { line, column, reason } => file_diag(path, Code::Parse, line, column, reason, text),
+        Error::Limit { limit, line, column, reason } => file_diag(path, Code::Limit, line, column, format!("{reason} (limit {limit})"), text),
+        other => file_diag(path, Code::Io, 1, 1, other.to_string(), text),
+    }
+}
+
+/// Kind lookup, schema, typed decoding and per-object rules for one document. Sets
+/// `doc.object` when it is valid and `doc.ident` whenever the identity is readable.
+fn check_document(doc: &mut ParsedDoc) -> Vec<(String, Code, String)> {
+    let mut out = Vec::new();
+    let root = &doc.root;
+    if !matches!(root.value, yaml::Value::Map(_)) {
+        out.push((String::new(), Code::Kind, "a manifest must be a mapping with apiVersion, kind and metadata".to_string()));
+        return out;
+    }
+    let api_version = root.get("apiVersion").and_then(|n| match &n.value {
+        yaml::Value::String(s) => Some(s.as_str()),
+        _ => None,
+    });
+    let kind = root.get("kind").and_then(|n| match &n.value {
+        yaml::Value::String(s) => Some(s.as_str()),
+        _ => None,
+    });
+    let (Some(api_version), Some(kind)) = (api_version, kind) else {
+        if api_version.is_none() {
+            out.push(("/apiVersion".into(), Code::Kind, "apiVersion is required and must be a string (e.g. apps/v1)".into()));
+        }
+        if kind.is_none() {
+            out.push(("/kind".into(), Code::Kind, "kind is required and must be a string (e.g. Deployment)".into()));
+        }
+        return out;
+    };
+    let Some(info) = object::lookup(api_version, kind) else {
+        let reason = match object::lookup_kind(kind) {
+            Some(k) => (
+                "/apiVersion",
+                format!("{kind} is served as apiVersion {:?}, not {api_version:?}", k.api_version),
+            ),
+            None => (
+                "/kind",
+                format!(
+                    "unsupported kind {kind:?} (apiVersion {api_version:?}); supported kinds: {}",
+                    object::KINDS.iter().map(|k| format!("{}/{}", k.api_version, k.kind)).collect::<Vec<_>>().join(", ")
+                ),
+            ),
+        };
+        out.push((reason.0.into(), Code::Kind, reason.1));
+        return out;
+    };
+    let value = root.to_json();
+    doc.ident = ident_of(info, &value);
+    let idx = object::KINDS.iter().position(|k| k == info).unwrap_or(0);
+    let validator = match object::validators().get(idx) {
+        Some(Ok(v)) => v,
+        Some(Err(e)) => {
+            out.push((String::new(), Code::Schema, format!("internal: schema {} does not compile: {e}", info.schema_file)));
+            return out;
+        }
+        None => return out,
+    };
+    if !validator.is_valid(&value) {
+        for err in validator.iter_errors(&value) {
+            let base = err.instance_path().as_str().to_string();
+            match err.kind() {
+                jsonschema::error::ValidationErrorKind::AdditionalProperties { unexpected } => {
+                    for key in unexpected {
+                        out.push((
+                            format!("{base}/{}", key.replace('~', "~0").replace('/', "~1")),
+                            Code::Schema,
+                            format!("unknown field {key:?}: coxswain does not support it, and never ignores a field silently"),
+                        ));
+                    }
+                }
+                _ => out.push((base, Code::Schema, err.to_string())),
+            }
+        }
+        return out;
+    }
+    match Object::from_value(info, value) {
+        Ok(obj) => {
+            let mut errs = semantic::Errs::default();
+            semantic::check_object(&obj, &mut errs);
+            if errs.0.is_empty() {
+                doc.object = Some(obj);
+            }
+            out.extend(errs.0.into_iter().map(|(p, r)| (p, Code::Semantic, r)));
+        }
+        // The schema and the types are generated from each other, so this is only reachable
+        // through a value the schema cannot express (e.g. an integer out of range).
+        Err(e) => out.push((String::new(), Code::Schema, e.to_string())),
+    }
+    out
+}
+
+fn ident_of(info: &'static KindInfo, value: &serde_json::Value) -> Option<Ident> {
+    let meta = value.get("metadata")?;
+    let name = meta.get("name")?.as_str()?.to_string();
+    let namespace = if info.namespaced {
+        Some(meta.get("namespace").and_then(|n| n.as_str()).unwrap_or("default").to_string())
+    } else {
+        None
+    };
+    Some(Ident {
+        kind: info.kind,
+        group: info.group,
+        namespace,
+        name,
+    })
+}
