@@ -141,7 +141,29 @@ fn finish_schema(info: &KindInfo, mut schema: serde_json::Value) -> serde_json::
             props.insert("kind".into(), serde_json::json!({ "const": info.kind }));
         }
     }
+    add_integer_bounds(&mut schema);
     schema
+}
+
+/// Gives `int32`/`int64` fields their range, so an out-of-range number is a schema error at
+/// its own field rather than a decoding error for the whole object.
+fn add_integer_bounds(schema: &mut serde_json::Value) {
+    match schema {
+        serde_json::Value::Object(obj) => {
+            let range = match obj.get("format").and_then(|f| f.as_str()) {
+                Some("int32") => Some((i64::from(i32::MIN), i64::from(i32::MAX))),
+                Some("int64") => Some((i64::MIN, i64::MAX)),
+                _ => None,
+            };
+            if let Some((lo, hi)) = range {
+                obj.entry("minimum").or_insert(lo.into());
+                obj.entry("maximum").or_insert(hi.into());
+            }
+            obj.values_mut().for_each(add_integer_bounds);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(add_integer_bounds),
+        _ => {}
+    }
 }
 
 /// Looks a kind up by `apiVersion` and `kind`.

@@ -124,7 +124,7 @@ pub struct Container {
 }
 
 /// `Protocol` of a port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, JsonSchema)]
 #[allow(clippy::upper_case_acronyms)] // the wire names are Kubernetes' own
 pub enum Protocol {
     #[default]
@@ -540,7 +540,7 @@ pub enum TolerationOperator {
 }
 
 /// `TaintEffect`. In a toleration `""` means "every effect".
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub enum TaintEffect {
     #[serde(rename = "")]
     Any,

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# One entry point for a fresh Debian machine: installs what is missing, then builds and runs
+# (`run`) or runs the whole test suite (`test`). README.md prints both commands and
+# .ci/run calls the `test` one, so the documented path is the one CI exercises.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+
+# Debian packages: libclang-dev for RocksDB's bindgen, busybox-static for the example
+# images, git for the Git source and its tests, python3-pip for the parity script.
+APT_PACKAGES=(libclang-dev clang busybox-static git python3 python3-pip pkg-config)
+# The Python peer used by the parity script and the validate benchmark.
+PIP_PACKAGES=(kubernetes-validate==1.37.0)
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+install_deps() {
+    local missing=()
+    for p in "${APT_PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        log "installing Debian packages: ${missing[*]}"
+        as_root apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+    if ! command -v cargo >/dev/null; then
+        if [ -x "$HOME/.cargo/bin/cargo" ]; then
+            export PATH="$HOME/.cargo/bin:$PATH"
+        else
+            echo "cargo is not installed: install Rust with rustup (https://rustup.rs) first" >&2
+            exit 2
+        fi
+    fi
+    if ! python3 -c 'import kubernetes_validate' 2>/dev/null; then
+        log "installing Python packages: ${PIP_PACKAGES[*]}"
+        python3 -m pip install -q "${PIP_PACKAGES[@]}" 2>/dev/null \
+            || python3 -m pip install -q --break-system-packages "${PIP_PACKAGES[@]}"
+    fi
+}
+
+# Reuse a warm target directory outside the clone when one exists (CI keeps one under
+# /var/cache), since RocksDB alone takes about ten minutes to build on two cores.
+pick_target_dir() {
+    if [ -z "${CARGO_TARGET_DIR:-}" ] && [ -d /var/cache/coxswain-target ] && [ -w /var/cache/coxswain-target ]; then
+        export CARGO_TARGET_DIR=/var/cache/coxswain-target
+    fi
+    TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+}
+
+cmd_run() {
+    install_deps
+    pick_target_dir
+    log "building coxswain"
+    cargo build --release --locked --bin coxswain
+    log "coxswain validate examples-repo"
+    "$TARGET_DIR/release/coxswain" validate examples-repo
+}
+
+cmd_test() {
+    install_deps
+    pick_target_dir
+    log "cargo fmt --check"
+    cargo fmt --all -- --check
+    log "cargo clippy --all-targets -- -D warnings"
+    cargo clippy --locked --workspace --all-targets -- -D warnings
+    log "cargo test"
+    cargo test --locked --workspace
+    log "parity with kubernetes-validate --strict"
+    cargo build --locked --bin coxswain
+    python3 tests/parity/k8s_parity.py --coxswain "$TARGET_DIR/debug/coxswain"
+    log "coxswain-bench validate --quick"
+    cargo run --locked --release -p coxswain-bench -- validate --quick
+    log "all tests passed"
+}
+
+case "${1:-}" in
+    run) cmd_run ;;
+    test) cmd_test ;;
+    deps) install_deps ;;
+    *) echo "usage: scripts/dev.sh run|test|deps" >&2; exit 2 ;;
+esac

@@ -1,0 +1,45 @@
+//! The `coxswain` binary. Each subcommand lives in its own module; this file only parses the
+//! command line, sets up logging and maps results to exit codes (0 success, 1 a negative
+//! answer such as "invalid", 2 a usage or I/O error).
+
+mod gittree;
+mod validate;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "coxswain", version, about = "GitOps reconciler and small container orchestrator")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate a folder of manifests, or a commit of the Git repository it is in.
+    Validate(validate::Args),
+}
+
+fn main() -> ExitCode {
+    // Logs go to stderr so that `--output json` on stdout stays machine-readable.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Validate(args) => validate::run(&args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
