@@ -1,1 +1,28 @@
-fn main() {}
+//! `coxswain-bench`: benchmarks that print coxswain's figures, side by side with a peer run
+//! on the same input in the same run where one exists on the machine. Every subcommand takes
+//! `--quick` (done within a minute, used by the test suite) and `--json`.
+
+mod generate;
+mod validate;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "coxswain-bench", about = "coxswain benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate a generated repository (10,000 objects in 1,000 files), against
+    /// `kubernetes-validate --strict` on the same files.
+    Validate(validate::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Validate(args) => validate::run(&args),
+    }
+}

@@ -150,7 +150,9 @@ fn check_pod_refs(
     keys: &Keys<'_>,
     errs: &mut Vec<(String, String)>,
 ) {
-    let mut need = |ptr: String, kind: &'static str, name: &str, key: Option<&str>, optional: Option<bool>| {
+    // One reference, reported once: a missing object at its name (the keys it reads would
+    // only repeat that), else each key it lacks at that key.
+    let mut need = |ptr: String, kind: &'static str, name: &str, wanted: Vec<(String, &str)>, optional: Option<bool>| {
         if optional == Some(true) {
             return;
         }
@@ -163,12 +165,13 @@ fn check_pod_refs(
             ));
             return;
         }
-        if let (Some(key), Some(have)) = (key, keys.get(&(kind, ns, name))) {
+        let Some(have) = keys.get(&(kind, ns, name)) else { return };
+        for (key_ptr, key) in wanted {
             if !have.contains(key) {
                 let mut list: Vec<&&str> = have.iter().collect();
                 list.sort();
                 errs.push((
-                    ptr,
+                    key_ptr,
                     format!(
                         "{kind} {ns}/{name} has no key {key:?} (it has: {})",
                         list.iter().map(|k| format!("{k:?}")).collect::<Vec<_>>().join(", ")
@@ -186,19 +189,22 @@ fn check_pod_refs(
             let cp = format!("{base}/{field}/{ci}");
             for (ei, env) in c.env.iter().flatten().enumerate() {
                 let Some(from) = &env.value_from else { continue };
+                let ep = format!("{cp}/env/{ei}/valueFrom");
                 if let Some(r) = &from.config_map_key_ref {
-                    need(format!("{cp}/env/{ei}/valueFrom/configMapKeyRef"), "ConfigMap", &r.name, Some(&r.key), r.optional);
+                    let p = format!("{ep}/configMapKeyRef");
+                    need(format!("{p}/name"), "ConfigMap", &r.name, vec![(format!("{p}/key"), r.key.as_str())], r.optional);
                 }
                 if let Some(r) = &from.secret_key_ref {
-                    need(format!("{cp}/env/{ei}/valueFrom/secretKeyRef"), "Secret", &r.name, Some(&r.key), r.optional);
+                    let p = format!("{ep}/secretKeyRef");
+                    need(format!("{p}/name"), "Secret", &r.name, vec![(format!("{p}/key"), r.key.as_str())], r.optional);
                 }
             }
             for (ei, src) in c.env_from.iter().flatten().enumerate() {
                 if let Some(r) = &src.config_map_ref {
-                    need(format!("{cp}/envFrom/{ei}/configMapRef"), "ConfigMap", &r.name, None, r.optional);
+                    need(format!("{cp}/envFrom/{ei}/configMapRef/name"), "ConfigMap", &r.name, Vec::new(), r.optional);
                 }
                 if let Some(r) = &src.secret_ref {
-                    need(format!("{cp}/envFrom/{ei}/secretRef"), "Secret", &r.name, None, r.optional);
+                    need(format!("{cp}/envFrom/{ei}/secretRef/name"), "Secret", &r.name, Vec::new(), r.optional);
                 }
             }
         }
@@ -206,16 +212,24 @@ fn check_pod_refs(
     for (vi, v) in spec.volumes.iter().flatten().enumerate() {
         let vp = format!("{base}/volumes/{vi}");
         if let Some(cm) = &v.config_map {
-            need(format!("{vp}/configMap"), "ConfigMap", &cm.name, None, cm.optional);
-            for (ii, item) in cm.items.iter().flatten().enumerate() {
-                need(format!("{vp}/configMap/items/{ii}/key"), "ConfigMap", &cm.name, Some(&item.key), cm.optional);
-            }
+            let wanted = cm
+                .items
+                .iter()
+                .flatten()
+                .enumerate()
+                .map(|(ii, item)| (format!("{vp}/configMap/items/{ii}/key"), item.key.as_str()))
+                .collect();
+            need(format!("{vp}/configMap/name"), "ConfigMap", &cm.name, wanted, cm.optional);
         }
         if let Some(s) = &v.secret {
-            need(format!("{vp}/secret"), "Secret", &s.secret_name, None, s.optional);
-            for (ii, item) in s.items.iter().flatten().enumerate() {
-                need(format!("{vp}/secret/items/{ii}/key"), "Secret", &s.secret_name, Some(&item.key), s.optional);
-            }
+            let wanted = s
+                .items
+                .iter()
+                .flatten()
+                .enumerate()
+                .map(|(ii, item)| (format!("{vp}/secret/items/{ii}/key"), item.key.as_str()))
+                .collect();
+            need(format!("{vp}/secret/secretName"), "Secret", &s.secret_name, wanted, s.optional);
         }
     }
 }

@@ -139,7 +139,15 @@ pub(crate) fn check_object(obj: &Object, e: &mut Errs) {
             }
             if let Some(tz) = &s.time_zone {
                 if let Err(err) = cron::validate_time_zone(tz) {
-                    e.add("/spec/timeZone", reason_of(err));
+                    // `cron` reports a bad time zone with the same error as a bad schedule,
+                    // whose message would call the zone an "invalid schedule".
+                    let reason = match err {
+                        crate::Error::Schedule { reason, .. } => {
+                            format!("invalid time zone {tz:?}: {reason}")
+                        }
+                        other => reason_of(other),
+                    };
+                    e.add("/spec/timeZone", reason);
                 }
             }
             nonneg_opt(s.starting_deadline_seconds, "/spec/startingDeadlineSeconds", e);
