@@ -32,7 +32,8 @@ fn tree_err(path: &str, e: impl std::fmt::Display) -> coxswain_schema::Error {
 impl GitTree {
     /// The folder `path` (inside a work tree) as it is in commit `rev`.
     pub fn open(path: &Path, rev: &str) -> anyhow::Result<Self> {
-        let abs = std::fs::canonicalize(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let abs = std::fs::canonicalize(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
         let repo = Repository::discover(&abs)
             .with_context(|| format!("{} is not inside a Git repository", path.display()))?;
         let Some(workdir) = repo.workdir() else {
@@ -120,7 +121,9 @@ impl Tree for GitTree {
     fn read(&self, path: &str) -> coxswain_schema::Result<Vec<u8>> {
         let repo = self.repo.lock().map_err(|e| tree_err(path, e))?;
         let tree = repo.find_tree(self.tree).map_err(|e| tree_err(path, e))?;
-        let entry = tree.get_path(Path::new(path)).map_err(|e| tree_err(path, e))?;
+        let entry = tree
+            .get_path(Path::new(path))
+            .map_err(|e| tree_err(path, e))?;
         let blob = repo.find_blob(entry.id()).map_err(|e| tree_err(path, e))?;
         Ok(blob.content().to_vec())
     }

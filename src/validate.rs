@@ -4,7 +4,6 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use coxswain_schema::tree::{DirTree, Tree};
 use coxswain_schema::{Limits, Report, validate_tree};
 
@@ -31,14 +30,13 @@ enum Output {
 }
 
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
-    let span = tracing::info_span!("validate", path = %args.path.display(), rev = args.rev.as_deref());
+    let span =
+        tracing::info_span!("validate", path = %args.path.display(), rev = args.rev.as_deref());
     let _enter = span.enter();
     let started = std::time::Instant::now();
     let tree: Box<dyn Tree> = match &args.rev {
         Some(rev) => Box::new(GitTree::open(&args.path, rev)?),
-        None => Box::new(
-            DirTree::new(&args.path).with_context(|| format!("cannot read {}", args.path.display()))?,
-        ),
+        None => Box::new(DirTree::new(&args.path)?),
     };
     let report = validate_tree(tree.as_ref(), &Limits::default());
     tracing::info!(
@@ -60,7 +58,11 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             }
             let objects = report.objects().count();
             if report.is_valid() {
-                writeln!(out, "valid: {objects} objects in {} files", report.files.len())?;
+                writeln!(
+                    out,
+                    "valid: {objects} objects in {} files",
+                    report.files.len()
+                )?;
             } else {
                 let files: std::collections::BTreeSet<&str> =
                     report.diagnostics.iter().map(|d| d.file.as_str()).collect();
@@ -68,14 +70,22 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
                     out,
                     "invalid: {} error{} in {} file{}; nothing would be applied",
                     report.diagnostics.len(),
-                    if report.diagnostics.len() == 1 { "" } else { "s" },
+                    if report.diagnostics.len() == 1 {
+                        ""
+                    } else {
+                        "s"
+                    },
                     files.len(),
                     if files.len() == 1 { "" } else { "s" },
                 )?;
             }
         }
     }
-    Ok(if report.is_valid() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if report.is_valid() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn json_report(report: &Report) -> serde_json::Value {

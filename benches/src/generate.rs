@@ -246,7 +246,10 @@ spec:
 pub fn repository(dir: &Path, files: usize, mut progress: impl FnMut()) -> std::io::Result<usize> {
     let mut ns = String::new();
     for n in 0..NAMESPACES {
-        let _ = write!(ns, "---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: team-{n}\n");
+        let _ = write!(
+            ns,
+            "---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: team-{n}\n"
+        );
     }
     std::fs::write(dir.join("00-namespaces.yaml"), ns)?;
     let mut objects = NAMESPACES;
@@ -254,7 +257,10 @@ pub fn repository(dir: &Path, files: usize, mut progress: impl FnMut()) -> std::
     for i in 1..files {
         let sub = dir.join(format!("team-{}", i % NAMESPACES));
         std::fs::create_dir_all(&sub)?;
-        std::fs::write(sub.join(format!("app-{i:04}.yaml")), app(i, &format!("team-{}", i % NAMESPACES)))?;
+        std::fs::write(
+            sub.join(format!("app-{i:04}.yaml")),
+            app(i, &format!("team-{}", i % NAMESPACES)),
+        )?;
         objects += PER_FILE;
         progress();
     }

@@ -7,6 +7,11 @@ mod validate;
 
 use clap::{Parser, Subcommand};
 
+// Validation parses files on every core and allocates many small nodes; glibc's per-thread
+// arenas spend a large share of that time growing and trimming. mimalloc does not.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(name = "coxswain-bench", about = "coxswain benchmarks")]
 struct Cli {

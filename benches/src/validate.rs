@@ -26,6 +26,10 @@ pub struct Args {
     /// Skip the peer even if it is installed.
     #[arg(long)]
     no_peer: bool,
+    /// Generate the repository into this (empty or new) folder and keep it, e.g. to time
+    /// `coxswain validate` on it from the shell.
+    #[arg(long)]
+    keep: Option<PathBuf>,
 }
 
 #[derive(Debug, Serialize)]
@@ -82,7 +86,9 @@ fn peak_rss_kib() -> Option<u64> {
 /// The classic "billion laughs": 9 levels of 9 aliases, 10^9 strings if expanded. Run first,
 /// in a fresh process, so the growth of peak RSS is the bomb's alone.
 fn alias_bomb() -> Bomb {
-    let mut text = String::from("a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n");
+    let mut text = String::from(
+        "a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n",
+    );
     let names = ["a", "b", "c", "d", "e", "f", "g", "h", "i"];
     for w in names.windows(2) {
         let refs = vec![format!("*{}", w[0]); 9].join(",");
@@ -137,24 +143,48 @@ fn bar(len: u64, msg: &'static str, hidden: bool) -> ProgressBar {
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let bomb = alias_bomb();
-    let (files, runs, peer_files) = if args.quick { (200, 3, 30) } else { (1000, 5, 1000) };
+    let (files, runs, peer_files) = if args.quick {
+        (200, 3, 30)
+    } else {
+        (1000, 5, 1000)
+    };
 
-    let dir = tempfile::tempdir()?;
+    let temp = tempfile::tempdir()?;
+    let root = match &args.keep {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)?;
+            if std::fs::read_dir(dir)?.next().is_some() {
+                bail!("{} is not empty", dir.display());
+            }
+            dir.clone()
+        }
+        None => temp.path().to_path_buf(),
+    };
     let pb = bar(files as u64, "generating manifests", args.json);
-    let objects = generate::repository(dir.path(), files, || pb.inc(1))?;
+    let objects = generate::repository(&root, files, || pb.inc(1))?;
     pb.finish_and_clear();
-    let paths = manifest_files(dir.path())?;
-    let bytes: u64 = paths.iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum();
+    let paths = manifest_files(&root)?;
+    let bytes: u64 = paths
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum();
 
-    let tree = DirTree::new(dir.path())?;
+    let tree = DirTree::new(&root)?;
     let limits = Limits::default();
     // One warm-up run, which also proves the generated repository is valid.
     let report = validate_tree(&tree, &limits);
     if !report.is_valid() {
-        bail!("generated repository is invalid: {:#?}", &report.diagnostics[..report.diagnostics.len().min(5)]);
+        bail!(
+            "generated repository is invalid: {:#?}",
+            &report.diagnostics[..report.diagnostics.len().min(5)]
+        );
     }
     if report.objects().count() != objects {
-        bail!("expected {objects} objects, validated {}", report.objects().count());
+        bail!(
+            "expected {objects} objects, validated {}",
+            report.objects().count()
+        );
     }
     let pb = bar(runs as u64, "coxswain validate", args.json);
     let mut times = Vec::with_capacity(runs);
@@ -175,8 +205,14 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         objects_per_sec: objects as f64 / median.as_secs_f64(),
     };
 
-    let peer = if args.no_peer { None } else { run_peer(&paths, peer_files, args.json)? };
-    let speedup = peer.as_ref().map(|p| cox.objects_per_sec / p.objects_per_sec);
+    let peer = if args.no_peer {
+        None
+    } else {
+        run_peer(&paths, peer_files, args.json)?
+    };
+    let speedup = peer
+        .as_ref()
+        .map(|p| cox.objects_per_sec / p.objects_per_sec);
     let out = Report {
         mode: if args.quick { "quick" } else { "full" },
         files: paths.len(),
@@ -199,17 +235,33 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 /// `kubernetes-validate --strict` as a user runs it, on the first `n` files (the namespace
 /// file plus apps). Absent peer: reported, not faked.
 fn run_peer(paths: &[PathBuf], n: usize, quiet: bool) -> anyhow::Result<Option<Peer>> {
-    if Command::new("kubernetes-validate").arg("--version").output().is_err() {
-        eprintln!("kubernetes-validate is not installed; skipping the peer (pip install kubernetes-validate)");
+    if Command::new("kubernetes-validate")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!(
+            "kubernetes-validate is not installed; skipping the peer (pip install kubernetes-validate)"
+        );
         return Ok(None);
     }
     let sample: Vec<&PathBuf> = paths.iter().take(n).collect();
     let objects = sample
         .iter()
-        .map(|p| std::fs::read_to_string(p).map(|t| t.matches("\nkind: ").count() + usize::from(t.starts_with("kind: "))))
+        .map(|p| {
+            std::fs::read_to_string(p)
+                .map(|t| t.matches("\nkind: ").count() + usize::from(t.starts_with("kind: ")))
+        })
         .sum::<std::io::Result<usize>>()?;
-    let pb = if quiet { ProgressBar::hidden() } else { ProgressBar::new_spinner() };
-    pb.set_message(format!("kubernetes-validate --strict on {} files ({objects} objects)", sample.len()));
+    let pb = if quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new_spinner()
+    };
+    pb.set_message(format!(
+        "kubernetes-validate --strict on {} files ({objects} objects)",
+        sample.len()
+    ));
     pb.enable_steady_tick(Duration::from_millis(200));
     let started = Instant::now();
     let output = Command::new("kubernetes-validate")
@@ -241,7 +293,11 @@ fn print_text(r: &Report) {
     println!("{:<34} {:>12} {:>14}", "", "time", "objects/s");
     println!(
         "{:<34} {:>9.1} ms {:>14.0}   (median of {}, best {:.1} ms)",
-        "coxswain (in-process, end to end)", r.coxswain.median_ms, r.coxswain.objects_per_sec, r.coxswain.runs, r.coxswain.best_ms
+        "coxswain (in-process, end to end)",
+        r.coxswain.median_ms,
+        r.coxswain.objects_per_sec,
+        r.coxswain.runs,
+        r.coxswain.best_ms
     );
     match &r.peer {
         Some(p) => {
@@ -253,7 +309,11 @@ fn print_text(r: &Report) {
                 p.objects,
                 p.files,
                 if p.files < r.files { ", a sample" } else { "" },
-                if p.all_valid { "" } else { "; it REJECTED some files" }
+                if p.all_valid {
+                    ""
+                } else {
+                    "; it REJECTED some files"
+                }
             );
             if let Some(s) = r.speedup {
                 println!("speed-up: {s:.0}x");
@@ -265,7 +325,9 @@ fn print_text(r: &Report) {
         "alias bomb ({}): rejected in {:.3} ms, peak RSS grew {} KiB: {}",
         r.alias_bomb.expansion,
         r.alias_bomb.rejected_in_ms,
-        r.alias_bomb.peak_rss_growth_kib.map_or_else(|| "?".into(), |k| k.to_string()),
+        r.alias_bomb
+            .peak_rss_growth_kib
+            .map_or_else(|| "?".into(), |k| k.to_string()),
         r.alias_bomb.reason
     );
 }

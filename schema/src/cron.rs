@@ -6,6 +6,9 @@
 //! years) that Kubernetes refuses, so those are rejected before croner sees the text: a
 //! schedule valid here must be valid in a Kubernetes cluster too.
 
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+
 use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};
 
@@ -33,8 +36,34 @@ fn fail(schedule: &str, reason: impl Into<String>) -> Error {
     }
 }
 
-/// Checks a CronJob `schedule`.
+/// Checks a CronJob `schedule`. Results are memoised: a repository repeats the same few
+/// schedules, and croner's parse is the most expensive single check of a CronJob.
 pub fn validate_schedule(schedule: &str) -> Result<()> {
+    static SEEN: OnceLock<Mutex<HashMap<String, Option<String>>>> = OnceLock::new();
+    let cache = SEEN.get_or_init(Default::default);
+    if let Ok(map) = cache.lock() {
+        if let Some(answer) = map.get(schedule) {
+            return match answer {
+                None => Ok(()),
+                Some(reason) => Err(fail(schedule, reason.clone())),
+            };
+        }
+    }
+    let answer = check_schedule(schedule);
+    if let Ok(mut map) = cache.lock() {
+        // Bounded, so hostile input cannot grow it without limit.
+        if map.len() < 4096 {
+            let reason = answer.as_ref().err().map(|e| match e {
+                Error::Schedule { reason, .. } => reason.clone(),
+                other => other.to_string(),
+            });
+            map.insert(schedule.to_string(), reason);
+        }
+    }
+    answer
+}
+
+fn check_schedule(schedule: &str) -> Result<()> {
     let s = schedule.trim();
     if s.is_empty() {
         return Err(fail(schedule, "a schedule is required"));
@@ -92,7 +121,9 @@ pub fn validate_schedule(schedule: &str) -> Result<()> {
         .year(Year::Disallowed)
         .build();
     let parsed: std::result::Result<Cron, _> = parser.parse(s);
-    parsed.map(|_| ()).map_err(|e| fail(schedule, e.to_string()))
+    parsed
+        .map(|_| ())
+        .map_err(|e| fail(schedule, e.to_string()))
 }
 
 /// `@every` takes a Go duration: one or more `<number><unit>` with units ns, us, ms, s, m, h.
@@ -124,12 +155,18 @@ fn validate_duration(d: &str) -> std::result::Result<(), String> {
 /// machine's `/usr/share/zoneinfo`.
 pub fn validate_time_zone(tz: &str) -> Result<()> {
     if tz.trim() != tz || tz.is_empty() {
-        return Err(fail(tz, "time zone must not be empty or padded with spaces"));
+        return Err(fail(
+            tz,
+            "time zone must not be empty or padded with spaces",
+        ));
     }
     // Go refuses "Local": the controller's own zone would make the schedule depend on
     // where it runs.
     if tz == "Local" {
-        return Err(fail(tz, "\"Local\" is not allowed; use an IANA name such as Europe/Paris"));
+        return Err(fail(
+            tz,
+            "\"Local\" is not allowed; use an IANA name such as Europe/Paris",
+        ));
     }
     tz.parse::<chrono_tz::Tz>().map(|_| ()).map_err(|_| {
         fail(
@@ -156,7 +193,11 @@ mod tests {
             "@every 1h30m",
             "59 23 31 12 6",
         ] {
-            assert!(validate_schedule(ok).is_ok(), "{ok:?}: {:?}", validate_schedule(ok));
+            assert!(
+                validate_schedule(ok).is_ok(),
+                "{ok:?}: {:?}",
+                validate_schedule(ok)
+            );
         }
     }
 

@@ -90,7 +90,9 @@ impl Diagnostic {
         if let Some(src) = &self.source_line {
             // Tabs would shift the caret; show them as single spaces.
             let src = src.replace('\t', " ");
-            let caret_at = (self.column as usize).saturating_sub(1).min(src.chars().count());
+            let caret_at = (self.column as usize)
+                .saturating_sub(1)
+                .min(src.chars().count());
             out.push_str(&format!("{pad} {blue}|{reset}\n"));
             out.push_str(&format!("{blue}{num} |{reset} {src}\n"));
             out.push_str(&format!(

@@ -183,7 +183,9 @@ pub fn is_config_map_key(s: &str) -> Check {
         ));
     }
     if s == "." || s == ".." || s.starts_with("..") {
-        return Err(format!("key {s:?} must not be '.' or '..' or start with '..'"));
+        return Err(format!(
+            "key {s:?} must not be '.' or '..' or start with '..'"
+        ));
     }
     Ok(())
 }

@@ -132,7 +132,10 @@ fn finish_schema(info: &KindInfo, mut schema: serde_json::Value) -> serde_json::
             "$id".into(),
             format!("https://coxswain.invalid/schemas/{}", info.schema_file).into(),
         );
-        obj.insert("title".into(), format!("{} {}", info.api_version, info.kind).into());
+        obj.insert(
+            "title".into(),
+            format!("{} {}", info.api_version, info.kind).into(),
+        );
         if let Some(props) = obj.get_mut("properties").and_then(|p| p.as_object_mut()) {
             props.insert(
                 "apiVersion".into(),

@@ -289,10 +289,16 @@ mod tests {
             "", "m", "1mm", "1.2.3", "abc", "1 Gi", "1gi", "1KB", "e3", "1e", "1e+", "1.5x",
             "1e1000",
         ] {
-            assert!(Quantity::new(bad).parse().is_err(), "{bad:?} should be invalid");
+            assert!(
+                Quantity::new(bad).parse().is_err(),
+                "{bad:?} should be invalid"
+            );
         }
         assert!(Quantity::new("1E").parse().is_ok(), "1E is one exa");
-        assert!(Quantity::new("99999Ei").value().is_err(), "overflow is an error");
+        assert!(
+            Quantity::new("99999Ei").value().is_err(),
+            "overflow is an error"
+        );
         assert!(Quantity::new("-1").is_negative());
         assert!(!Quantity::new("-0").is_negative());
     }

@@ -433,9 +433,11 @@ mod tests {
         }))
         .unwrap();
         assert!(Selector::from_label_selector(&bad).is_err());
-        assert!(Selector::from_label_selector(&LabelSelector::default())
-            .unwrap()
-            .matches(&labels(&[])));
+        assert!(
+            Selector::from_label_selector(&LabelSelector::default())
+                .unwrap()
+                .matches(&labels(&[]))
+        );
     }
 
     #[test]

@@ -11,7 +11,9 @@ use crate::error::{Error, Result};
 pub enum EntryKind {
     File,
     /// A symbolic link and the target it names (as written, relative or absolute).
-    Symlink { target: String },
+    Symlink {
+        target: String,
+    },
 }
 
 /// One file or symlink of a tree; `path` is relative to the tree root, with `/` separators.

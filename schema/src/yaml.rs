@@ -232,7 +232,9 @@ impl Builder<'_> {
             return Ok(Some(node));
         };
         match top {
-            Frame::Seq { items, count: c, .. } => {
+            Frame::Seq {
+                items, count: c, ..
+            } => {
                 items.push(node);
                 *c += count;
             }
@@ -256,7 +258,9 @@ impl Builder<'_> {
                 if is_merge {
                     match &node.value {
                         Value::Map(_) => merges.push(node),
-                        Value::Seq(items) if items.iter().all(|n| matches!(n.value, Value::Map(_))) => {
+                        Value::Seq(items)
+                            if items.iter().all(|n| matches!(n.value, Value::Map(_))) =>
+                        {
                             if let Value::Seq(items) = node.value {
                                 merges.extend(items);
                             }
@@ -587,6 +591,25 @@ impl Node {
         }
     }
 
+    /// [`Node::to_json`] without copying: the strings move into the JSON value.
+    pub fn into_json(self) -> serde_json::Value {
+        use serde_json::Value as J;
+        match self.value {
+            Value::Null => J::Null,
+            Value::Bool(b) => J::Bool(b),
+            Value::Int(i) => J::from(i),
+            Value::Float(f) => serde_json::Number::from_f64(f).map_or(J::Null, J::Number),
+            Value::String(s) => J::String(s),
+            Value::Seq(items) => J::Array(items.into_iter().map(Node::into_json).collect()),
+            Value::Map(entries) => J::Object(
+                entries
+                    .into_iter()
+                    .map(|e| (e.key, e.value.into_json()))
+                    .collect(),
+            ),
+        }
+    }
+
     /// Where a JSON pointer points: the key of the last mapping step (so "unknown field"
     /// points at the field), else the node; for a pointer that leads nowhere, the deepest
     /// node that exists.
@@ -644,10 +667,19 @@ mod tests {
         let d = parse(text).unwrap();
         let root = &d[0].root;
         assert_eq!(root.locate("/metadata/name"), Span { line: 4, column: 3 });
-        assert_eq!(root.locate("/spec/containers/0/image"), Span { line: 8, column: 7 });
-        assert_eq!(root.locate("/spec/containers/0"), Span { line: 7, column: 7 });
+        assert_eq!(
+            root.locate("/spec/containers/0/image"),
+            Span { line: 8, column: 7 }
+        );
+        assert_eq!(
+            root.locate("/spec/containers/0"),
+            Span { line: 7, column: 7 }
+        );
         // A pointer into nothing falls back to the deepest existing node.
-        assert_eq!(root.locate("/spec/containers/0/nope"), Span { line: 7, column: 7 });
+        assert_eq!(
+            root.locate("/spec/containers/0/nope"),
+            Span { line: 7, column: 7 }
+        );
     }
 
     #[test]
@@ -663,7 +695,17 @@ mod tests {
         let e = parse("a: !!str 1\n").unwrap_err().to_string();
         assert!(e.contains("tags are not allowed"), "{e}");
         let e = parse("a: 1\nb: 2\na: 3\n").unwrap_err();
-        assert!(matches!(e, Error::Parse { line: 3, column: 1, .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                Error::Parse {
+                    line: 3,
+                    column: 1,
+                    ..
+                }
+            ),
+            "{e}"
+        );
         assert!(parse("? [a]\n: 1\n").is_err());
     }
 
@@ -678,16 +720,38 @@ mod tests {
     #[test]
     fn limits_are_enforced() {
         let deep = "[".repeat(100) + &"]".repeat(100);
-        assert!(matches!(parse(&deep), Err(Error::Limit { limit: "max_depth", .. })));
+        assert!(matches!(
+            parse(&deep),
+            Err(Error::Limit {
+                limit: "max_depth",
+                ..
+            })
+        ));
         let docs = "---\na: 1\n".repeat(501);
-        assert!(matches!(parse(&docs), Err(Error::Limit { limit: "max_documents", .. })));
+        assert!(matches!(
+            parse(&docs),
+            Err(Error::Limit {
+                limit: "max_documents",
+                ..
+            })
+        ));
         let mut bomb = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
         for i in 0..12 {
-            let prev = if i == 0 { "a".to_string() } else { format!("l{}", i - 1) };
+            let prev = if i == 0 {
+                "a".to_string()
+            } else {
+                format!("l{}", i - 1)
+            };
             bomb.push_str(&format!("l{i}: &l{i} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]\n"));
         }
         let started = std::time::Instant::now();
-        assert!(matches!(parse(&bomb), Err(Error::Limit { limit: "max_alias_nodes", .. })));
+        assert!(matches!(
+            parse(&bomb),
+            Err(Error::Limit {
+                limit: "max_alias_nodes",
+                ..
+            })
+        ));
         // Not a timing assertion of the product, a guard that the bomb is cut short.
         assert!(started.elapsed().as_secs() < 5);
     }
@@ -697,8 +761,28 @@ mod tests {
         assert!(check_text(b"a: 1\n").is_ok());
         assert_eq!(check_text("\u{feff}a: 1".as_bytes()).unwrap(), "a: 1");
         let e = check_text(b"a: 1\nb: \x07\n").unwrap_err();
-        assert!(matches!(e, Error::Parse { line: 2, column: 4, .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                Error::Parse {
+                    line: 2,
+                    column: 4,
+                    ..
+                }
+            ),
+            "{e}"
+        );
         let e = check_text(b"a: 1\nb: \xff\n").unwrap_err();
-        assert!(matches!(e, Error::Parse { line: 2, column: 4, .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                Error::Parse {
+                    line: 2,
+                    column: 4,
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
 }

@@ -35,7 +35,11 @@ fn rows() -> Vec<Row> {
             continue;
         }
         let cols: Vec<&str> = line.split('\t').collect();
-        assert!(cols.len() == 4 || cols.len() == 5, "expected.tsv:{}: need 4 or 5 columns", i + 1);
+        assert!(
+            cols.len() == 4 || cols.len() == 5,
+            "expected.tsv:{}: need 4 or 5 columns",
+            i + 1
+        );
         let mut loc = cols[1].rsplitn(3, ':');
         let column = loc.next().unwrap().parse().unwrap();
         let line_no = loc.next().unwrap().parse().unwrap();
@@ -80,7 +84,16 @@ fn every_invalid_entry_fails_exactly_as_expected() {
         let got: Vec<String> = report
             .diagnostics
             .iter()
-            .map(|d| format!("{}:{}:{} {} {}", d.file, d.line, d.column, d.code.as_str(), d.reason))
+            .map(|d| {
+                format!(
+                    "{}:{}:{} {} {}",
+                    d.file,
+                    d.line,
+                    d.column,
+                    d.code.as_str(),
+                    d.reason
+                )
+            })
             .collect();
         let ok = report.diagnostics.len() == 1 && {
             let d = &report.diagnostics[0];
@@ -97,7 +110,13 @@ fn every_invalid_entry_fails_exactly_as_expected() {
             ));
         }
     }
-    assert!(failures.is_empty(), "{} of {} entries wrong:\n{}", failures.len(), rows.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} entries wrong:\n{}",
+        failures.len(),
+        rows.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -115,7 +134,15 @@ fn corpus_is_complete() {
     assert_eq!(on_disk, listed, "files and expected.tsv disagree");
     // Every kind of check is represented.
     let codes: BTreeSet<&str> = rows.iter().map(|r| r.code.as_str()).collect();
-    for code in ["parse", "limit", "kind", "schema", "semantic", "reference", "duplicate"] {
+    for code in [
+        "parse",
+        "limit",
+        "kind",
+        "schema",
+        "semantic",
+        "reference",
+        "duplicate",
+    ] {
         assert!(codes.contains(code), "no invalid entry for code {code}");
     }
 }

@@ -14,7 +14,10 @@ fn corpus() -> Vec<(String, Vec<u8>)> {
         .unwrap()
         .map(|e| {
             let p = e.unwrap().path();
-            (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap())
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
         })
         .collect();
     out.sort();
@@ -33,10 +36,26 @@ enum Mutation {
 
 fn mutation() -> impl Strategy<Value = Mutation> {
     let interesting = prop::sample::select(vec![
-        b":".to_vec(), b"- ".to_vec(), b"&a ".to_vec(), b"*a".to_vec(), b"!!str ".to_vec(),
-        b"\n  ".to_vec(), b"{".to_vec(), b"]".to_vec(), b"'".to_vec(), b"\"".to_vec(),
-        b"<<: *a\n".to_vec(), b"---\n".to_vec(), b"\t".to_vec(), b"\xff".to_vec(), b"\x07".to_vec(),
-        b"? ".to_vec(), b"|\n".to_vec(), b"#".to_vec(), b"0x".to_vec(), b"1e9999".to_vec(),
+        b":".to_vec(),
+        b"- ".to_vec(),
+        b"&a ".to_vec(),
+        b"*a".to_vec(),
+        b"!!str ".to_vec(),
+        b"\n  ".to_vec(),
+        b"{".to_vec(),
+        b"]".to_vec(),
+        b"'".to_vec(),
+        b"\"".to_vec(),
+        b"<<: *a\n".to_vec(),
+        b"---\n".to_vec(),
+        b"\t".to_vec(),
+        b"\xff".to_vec(),
+        b"\x07".to_vec(),
+        b"? ".to_vec(),
+        b"|\n".to_vec(),
+        b"#".to_vec(),
+        b"0x".to_vec(),
+        b"1e9999".to_vec(),
     ]);
     prop_oneof![
         (any::<usize>(), 1usize..20).prop_map(|(a, n)| Mutation::Delete(a, n)),
@@ -66,8 +85,14 @@ fn apply(mut bytes: Vec<u8>, muts: &[Mutation]) -> Vec<u8> {
             Mutation::Replace(at, b) => bytes[at % len] = *b,
             Mutation::DuplicateLine(at) => {
                 let at = at % len;
-                let start = bytes[..at].iter().rposition(|&c| c == b'\n').map_or(0, |p| p + 1);
-                let end = bytes[at..].iter().position(|&c| c == b'\n').map_or(len, |p| at + p + 1);
+                let start = bytes[..at]
+                    .iter()
+                    .rposition(|&c| c == b'\n')
+                    .map_or(0, |p| p + 1);
+                let end = bytes[at..]
+                    .iter()
+                    .position(|&c| c == b'\n')
+                    .map_or(len, |p| at + p + 1);
                 let line = bytes[start..end].to_vec();
                 bytes.splice(end..end, line);
             }
@@ -96,7 +121,10 @@ fn assert_within(limits: &Limits, bytes: &[u8]) {
     let file = parse_file("x.yaml", bytes, limits);
     assert!(file.docs.len() <= limits.yaml.max_documents);
     for d in &file.diagnostics {
-        assert!(d.line >= 1 && d.column >= 1, "diagnostic without a position: {d:?}");
+        assert!(
+            d.line >= 1 && d.column >= 1,
+            "diagnostic without a position: {d:?}"
+        );
         assert!(!d.reason.is_empty());
     }
     if let Ok(text) = std::str::from_utf8(bytes) {
@@ -176,7 +204,9 @@ fn count(v: &serde_json::Value) -> usize {
 
 #[test]
 fn billion_laughs_is_refused_by_the_alias_limit() {
-    let mut text = String::from("a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n");
+    let mut text = String::from(
+        "a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n",
+    );
     let names = ["a", "b", "c", "d", "e", "f", "g", "h", "i"];
     for w in names.windows(2) {
         let refs = vec![format!("*{}", w[0]); 9].join(",");
@@ -185,5 +215,9 @@ fn billion_laughs_is_refused_by_the_alias_limit() {
     let file = parse_file("bomb.yaml", text.as_bytes(), &Limits::default());
     assert_eq!(file.diagnostics.len(), 1);
     assert_eq!(file.diagnostics[0].code, Code::Limit);
-    assert!(file.diagnostics[0].reason.contains("max_alias_nodes"), "{:?}", file.diagnostics[0]);
+    assert!(
+        file.diagnostics[0].reason.contains("max_alias_nodes"),
+        "{:?}",
+        file.diagnostics[0]
+    );
 }

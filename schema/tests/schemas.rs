@@ -41,9 +41,16 @@ fn every_schema_compiles_and_pins_its_kind() {
         if let Err(e) = jsonschema::validator_for(&schema) {
             panic!("{} does not compile: {e}", info.schema_file);
         }
-        assert!(schema.get("properties").is_some(), "{} is empty", info.schema_file);
+        assert!(
+            schema.get("properties").is_some(),
+            "{} is empty",
+            info.schema_file
+        );
         assert_eq!(schema["properties"]["kind"]["const"], info.kind);
-        assert_eq!(schema["properties"]["apiVersion"]["const"], info.api_version);
+        assert_eq!(
+            schema["properties"]["apiVersion"]["const"],
+            info.api_version
+        );
     }
 }
 
@@ -61,7 +68,10 @@ fn same_modulo_quantity_text(a: &serde_json::Value, b: &serde_json::Value) -> bo
                     .all(|(k, v)| y.get(*k).is_some_and(|w| same_modulo_quantity_text(v, w)))
         }
         (J::Array(x), J::Array(y)) => {
-            x.len() == y.len() && x.iter().zip(y).all(|(v, w)| same_modulo_quantity_text(v, w))
+            x.len() == y.len()
+                && x.iter()
+                    .zip(y)
+                    .all(|(v, w)| same_modulo_quantity_text(v, w))
         }
         (J::Number(n), J::String(s)) => n.to_string() == *s,
         _ => a == b,
@@ -72,7 +82,11 @@ fn same_modulo_quantity_text(a: &serde_json::Value, b: &serde_json::Value) -> bo
 fn round_trip_dir(dir: &Path) -> usize {
     let tree = DirTree::new(dir).unwrap();
     let report = validate_tree(&tree, &Limits::default());
-    assert!(report.is_valid(), "{dir:?} is not valid: {:#?}", report.diagnostics);
+    assert!(
+        report.is_valid(),
+        "{dir:?} is not valid: {:#?}",
+        report.diagnostics
+    );
     let mut n = 0;
     for file in &report.files {
         for doc in &file.docs {
@@ -90,7 +104,11 @@ fn round_trip_dir(dir: &Path) -> usize {
             let schema: serde_json::Value = serde_json::from_str(obj.info().schema_text).unwrap();
             let validator = jsonschema::validator_for(&schema).unwrap();
             let errors: Vec<String> = validator.iter_errors(&out).map(|e| e.to_string()).collect();
-            assert!(errors.is_empty(), "{}: schema rejects the serialised object: {errors:?}", file.path);
+            assert!(
+                errors.is_empty(),
+                "{}: schema rejects the serialised object: {errors:?}",
+                file.path
+            );
             n += 1;
         }
     }

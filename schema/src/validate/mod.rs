@@ -104,7 +104,13 @@ pub struct ParsedFile {
 
 impl ParsedFile {
     /// A diagnostic at a pointer of document `doc` of this file.
-    pub(crate) fn diag_at(&self, doc: &ParsedDoc, pointer: &str, code: Code, reason: String) -> Diagnostic {
+    pub(crate) fn diag_at(
+        &self,
+        doc: &ParsedDoc,
+        pointer: &str,
+        code: Code,
+        reason: String,
+    ) -> Diagnostic {
         let span = doc.root.locate(pointer);
         Diagnostic {
             file: self.path.clone(),
@@ -147,7 +153,14 @@ impl Report {
     }
 }
 
-fn file_diag(path: &str, code: Code, line: u32, column: u32, reason: String, text: Option<&str>) -> Diagnostic {
+fn file_diag(
+    path: &str,
+    code: Code,
+    line: u32,
+    column: u32,
+    reason: String,
+    text: Option<&str>,
+) -> Diagnostic {
     Diagnostic {
         file: path.to_string(),
         line,
@@ -185,7 +198,12 @@ pub fn validate_tree(tree: &dyn Tree, limits: &Limits) -> Report {
     let mut to_read = Vec::new();
     let mut total: u64 = 0;
     for entry in &entries {
-        if entry.path == IGNORE_FILE || ignore.as_ref().is_some_and(|ig| ig.matched_path_or_any_parents(&entry.path, false).is_ignore()) {
+        if entry.path == IGNORE_FILE
+            || ignore.as_ref().is_some_and(|ig| {
+                ig.matched_path_or_any_parents(&entry.path, false)
+                    .is_ignore()
+            })
+        {
             continue;
         }
         match &entry.kind {
@@ -211,7 +229,10 @@ pub fn validate_tree(tree: &dyn Tree, limits: &Limits) -> Report {
                         Code::Limit,
                         1,
                         1,
-                        format!("more than {} manifest files in the tree (limit max_files)", limits.max_files),
+                        format!(
+                            "more than {} manifest files in the tree (limit max_files)",
+                            limits.max_files
+                        ),
                         None,
                     ));
                     return report;
@@ -222,7 +243,11 @@ pub fn validate_tree(tree: &dyn Tree, limits: &Limits) -> Report {
                         Code::Limit,
                         1,
                         1,
-                        format!("file is {}, more than the {} allowed (limit max_file_bytes)", mib(entry.size), mib(limits.max_file_bytes)),
+                        format!(
+                            "file is {}, more than the {} allowed (limit max_file_bytes)",
+                            mib(entry.size),
+                            mib(limits.max_file_bytes)
+                        ),
                         None,
                     ));
                     continue;
@@ -275,7 +300,14 @@ fn build_ignore(
     let text = match tree.read(IGNORE_FILE) {
         Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
         Err(err) => {
-            diags.push(file_diag(IGNORE_FILE, Code::Io, 1, 1, err.to_string(), None));
+            diags.push(file_diag(
+                IGNORE_FILE,
+                Code::Io,
+                1,
+                1,
+                err.to_string(),
+                None,
+            ));
             return None;
         }
     };
@@ -283,13 +315,27 @@ fn build_ignore(
     for (i, line) in text.lines().enumerate() {
         if let Err(err) = builder.add_line(None, line) {
             let n = u32::try_from(i + 1).unwrap_or(u32::MAX);
-            diags.push(file_diag(IGNORE_FILE, Code::Parse, n, 1, err.to_string(), Some(&text)));
+            diags.push(file_diag(
+                IGNORE_FILE,
+                Code::Parse,
+                n,
+                1,
+                err.to_string(),
+                Some(&text),
+            ));
         }
     }
     match builder.build() {
         Ok(g) => Some(g),
         Err(err) => {
-            diags.push(file_diag(IGNORE_FILE, Code::Parse, 1, 1, err.to_string(), Some(&text)));
+            diags.push(file_diag(
+                IGNORE_FILE,
+                Code::Parse,
+                1,
+                1,
+                err.to_string(),
+                Some(&text),
+            ));
             None
         }
     }
@@ -310,7 +356,11 @@ pub fn parse_file(path: &str, bytes: &[u8], limits: &Limits) -> ParsedFile {
             Code::Limit,
             1,
             1,
-            format!("file is {}, more than the {} allowed (limit max_file_bytes)", mib(bytes.len() as u64), mib(limits.max_file_bytes)),
+            format!(
+                "file is {}, more than the {} allowed (limit max_file_bytes)",
+                mib(bytes.len() as u64),
+                mib(limits.max_file_bytes)
+            ),
             None,
         ));
         return file;
@@ -330,6 +380,16 @@ pub fn parse_file(path: &str, bytes: &[u8], limits: &Limits) -> ParsedFile {
             return file;
         }
     };
+    // JSON is a subset of YAML, so the YAML parser also takes YAML-only syntax (a trailing
+    // comma, comments, single quotes, bare keys) in a `.json` file; kubectl decodes such a
+    // file with a JSON decoder and would fail on it. Checked after the YAML limits, which
+    // protect this pass too.
+    if path.to_ascii_lowercase().ends_with(".json")
+        && let Err(diag) = check_json(path, text)
+    {
+        file.diagnostics.push(diag);
+        return file;
+    }
     for doc in docs {
         let mut pd = ParsedDoc {
             index: doc.index,
@@ -347,10 +407,74 @@ pub fn parse_file(path: &str, bytes: &[u8], limits: &Limits) -> ParsedFile {
     file
 }
 
+/// Whether the text is a stream of JSON values, as kubectl reads a `.json` file.
+fn check_json(path: &str, text: &str) -> Result<(), Diagnostic> {
+    // Into `Value` rather than `IgnoredAny`: serde_json's fast path for ignored values
+    // reports a trailing comma as "key must be a string".
+    let stream = serde_json::Deserializer::from_str(text).into_iter::<serde_json::Value>();
+    for value in stream {
+        let Err(err) = value else { continue };
+        let message = err.to_string();
+        let suffix = format!(" at line {} column {}", err.line(), err.column());
+        let message = message.strip_suffix(&suffix).unwrap_or(&message);
+        // serde_json counts lines from 1 and columns in bytes, pointing at the byte it
+        // stopped at; diagnostics count characters.
+        let line_start: usize = text
+            .split_inclusive('\n')
+            .take(err.line().saturating_sub(1))
+            .map(str::len)
+            .sum();
+        let mut offset = line_start
+            .saturating_add(err.column().saturating_sub(1))
+            .min(text.len());
+        // serde_json stops at the closing bracket; the fault is the comma before it.
+        if message == "trailing comma"
+            && let Some(comma) = text
+                .get(..offset)
+                .and_then(|t| t.trim_end().strip_suffix(','))
+        {
+            offset = comma.len();
+        }
+        let before = text.get(..offset).unwrap_or(text);
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        let reason = format!("not valid JSON: {message}");
+        return Err(file_diag(
+            path,
+            Code::Parse,
+            to_u32(line),
+            to_u32(column),
+            reason,
+            Some(text),
+        ));
+    }
+    Ok(())
+}
+
+fn to_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
 fn error_diag(path: &str, err: Error, text: Option<&str>) -> Diagnostic {
     match err {
-        Error::Parse { line, column, reason } => file_diag(path, Code::Parse, line, column, reason, text),
-        Error::Limit { limit, line, column, reason } => file_diag(path, Code::Limit, line, column, format!("{reason} (limit {limit})"), text),
+        Error::Parse {
+            line,
+            column,
+            reason,
+        } => file_diag(path, Code::Parse, line, column, reason, text),
+        Error::Limit {
+            limit,
+            line,
+            column,
+            reason,
+        } => file_diag(
+            path,
+            Code::Limit,
+            line,
+            column,
+            format!("{reason} (limit {limit})"),
+            text,
+        ),
         other => file_diag(path, Code::Io, 1, 1, other.to_string(), text),
     }
 }
@@ -361,7 +485,11 @@ fn check_document(doc: &mut ParsedDoc) -> Vec<(String, Code, String)> {
     let mut out = Vec::new();
     let root = &doc.root;
     if !matches!(root.value, yaml::Value::Map(_)) {
-        out.push((String::new(), Code::Kind, "a manifest must be a mapping with apiVersion, kind and metadata".to_string()));
+        out.push((
+            String::new(),
+            Code::Kind,
+            "a manifest must be a mapping with apiVersion, kind and metadata".to_string(),
+        ));
         return out;
     }
     let api_version = root.get("apiVersion").and_then(|n| match &n.value {
@@ -374,10 +502,18 @@ fn check_document(doc: &mut ParsedDoc) -> Vec<(String, Code, String)> {
     });
     let (Some(api_version), Some(kind)) = (api_version, kind) else {
         if api_version.is_none() {
-            out.push(("/apiVersion".into(), Code::Kind, "apiVersion is required and must be a string (e.g. apps/v1)".into()));
+            out.push((
+                "/apiVersion".into(),
+                Code::Kind,
+                "apiVersion is required and must be a string (e.g. apps/v1)".into(),
+            ));
         }
         if kind.is_none() {
-            out.push(("/kind".into(), Code::Kind, "kind is required and must be a string (e.g. Deployment)".into()));
+            out.push((
+                "/kind".into(),
+                Code::Kind,
+                "kind is required and must be a string (e.g. Deployment)".into(),
+            ));
         }
         return out;
     };
@@ -385,13 +521,20 @@ fn check_document(doc: &mut ParsedDoc) -> Vec<(String, Code, String)> {
         let reason = match object::lookup_kind(kind) {
             Some(k) => (
                 "/apiVersion",
-                format!("{kind} is served as apiVersion {:?}, not {api_version:?}", k.api_version),
+                format!(
+                    "{kind} is served as apiVersion {:?}, not {api_version:?}",
+                    k.api_version
+                ),
             ),
             None => (
                 "/kind",
                 format!(
                     "unsupported kind {kind:?} (apiVersion {api_version:?}); supported kinds: {}",
-                    object::KINDS.iter().map(|k| format!("{}/{}", k.api_version, k.kind)).collect::<Vec<_>>().join(", ")
+                    object::KINDS
+                        .iter()
+                        .map(|k| format!("{}/{}", k.api_version, k.kind))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             ),
         };
@@ -404,26 +547,21 @@ fn check_document(doc: &mut ParsedDoc) -> Vec<(String, Code, String)> {
     let validator = match object::validators().get(idx) {
         Some(Ok(v)) => v,
         Some(Err(e)) => {
-            out.push((String::new(), Code::Schema, format!("internal: schema {} does not compile: {e}", info.schema_file)));
+            out.push((
+                String::new(),
+                Code::Schema,
+                format!(
+                    "internal: schema {} does not compile: {e}",
+                    info.schema_file
+                ),
+            ));
             return out;
         }
         None => return out,
     };
     if !validator.is_valid(&value) {
         for err in validator.iter_errors(&value) {
-            let base = err.instance_path().as_str().to_string();
-            match err.kind() {
-                jsonschema::error::ValidationErrorKind::AdditionalProperties { unexpected } => {
-                    for key in unexpected {
-                        out.push((
-                            format!("{base}/{}", key.replace('~', "~0").replace('/', "~1")),
-                            Code::Schema,
-                            format!("unknown field {key:?}: coxswain does not support it, and never ignores a field silently"),
-                        ));
-                    }
-                }
-                _ => out.push((base, Code::Schema, err.to_string())),
-            }
+            push_schema_error(&err, &mut out);
         }
         return out;
     }
@@ -437,17 +575,120 @@ fn check_document(doc: &mut ParsedDoc) -> Vec<(String, Code, String)> {
             out.extend(errs.0.into_iter().map(|(p, r)| (p, Code::Semantic, r)));
         }
         // The schema and the types are generated from each other, so this is only reachable
-        // through a value the schema cannot express (e.g. an integer out of range).
-        Err(e) => out.push((String::new(), Code::Schema, e.to_string())),
+        // through a value the schema cannot express. The usual one is a whole number written
+        // as a decimal (`8080.0`, `1e3`): JSON Schema counts it as an integer, serde does
+        // not. Point at it rather than at the whole document.
+        Err(e) => match integral_float(validator, &doc.root) {
+            Some((ptr, n)) => out.push((
+                ptr,
+                Code::Schema,
+                format!("{n:?} is written as a decimal number, but this field takes an integer; write it without a fraction or exponent"),
+            )),
+            None => out.push((String::new(), Code::Schema, e.to_string())),
+        },
     }
     out
+}
+
+/// The first whole number written as a decimal where the schema wants an integer. Found by
+/// putting 0.5 in place of every such number and asking the schema which of them it then
+/// refuses; only run once decoding failed, so it costs nothing on valid input.
+fn integral_float(validator: &jsonschema::Validator, root: &Node) -> Option<(String, f64)> {
+    let mut found = Vec::new();
+    collect_integral_floats(root, String::new(), &mut found);
+    if found.is_empty() {
+        return None;
+    }
+    let mut probe = root.to_json();
+    for (ptr, _) in &found {
+        if let Some(v) = probe.pointer_mut(ptr) {
+            *v = serde_json::json!(0.5);
+        }
+    }
+    let refused: std::collections::HashSet<String> = validator
+        .iter_errors(&probe)
+        .map(|err| err.instance_path().as_str().to_string())
+        .collect();
+    found.into_iter().find(|(ptr, _)| refused.contains(ptr))
+}
+
+fn collect_integral_floats(node: &Node, ptr: String, out: &mut Vec<(String, f64)>) {
+    match &node.value {
+        yaml::Value::Float(f) if f.fract() == 0.0 => out.push((ptr, *f)),
+        yaml::Value::Seq(items) => {
+            for (i, n) in items.iter().enumerate() {
+                collect_integral_floats(n, format!("{ptr}/{i}"), out);
+            }
+        }
+        yaml::Value::Map(entries) => {
+            for e in entries {
+                let key = e.key.replace('~', "~0").replace('/', "~1");
+                collect_integral_floats(&e.value, format!("{ptr}/{key}"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// One JSON Schema error as diagnostics.
+fn push_schema_error(err: &jsonschema::ValidationError<'_>, out: &mut Vec<(String, Code, String)>) {
+    use jsonschema::error::ValidationErrorKind;
+    let base = err.instance_path().as_str().to_string();
+    match err.kind() {
+        ValidationErrorKind::AdditionalProperties { unexpected } => {
+            for key in unexpected {
+                out.push((
+                    format!("{base}/{}", key.replace('~', "~0").replace('/', "~1")),
+                    Code::Schema,
+                    format!(
+                        "unknown field {key:?}: coxswain does not support it, and never ignores a field silently"
+                    ),
+                ));
+            }
+        }
+        // Every optional field is `anyOf: [<its schema>, {type: null}]`, and the error of
+        // the anyOf alone says neither what is wrong nor where below it ("… is not valid
+        // under any of the schemas listed in the 'anyOf' keyword", at `resources:` for a
+        // bad `cpu` three levels down). With the null branch set aside, the errors of the
+        // one branch left do.
+        ValidationErrorKind::AnyOf { context } => {
+            let branches: Vec<_> = context
+                .iter()
+                .filter(|branch| !is_null_branch(branch, err))
+                .collect();
+            match branches.as_slice() {
+                [branch] if !branch.is_empty() => {
+                    for e in branch.iter() {
+                        push_schema_error(e, out);
+                    }
+                }
+                _ => out.push((base, Code::Schema, err.to_string())),
+            }
+        }
+        _ => out.push((base, Code::Schema, err.to_string())),
+    }
+}
+
+/// Whether the errors of an anyOf branch only say "this is not null" about the value itself.
+fn is_null_branch(
+    branch: &[jsonschema::ValidationError<'_>],
+    parent: &jsonschema::ValidationError<'_>,
+) -> bool {
+    use jsonschema::error::{TypeKind, ValidationErrorKind};
+    matches!(branch, [e] if e.instance_path() == parent.instance_path()
+        && matches!(e.kind(), ValidationErrorKind::Type { kind: TypeKind::Single(jsonschema::JsonType::Null) }))
 }
 
 fn ident_of(info: &'static KindInfo, value: &serde_json::Value) -> Option<Ident> {
     let meta = value.get("metadata")?;
     let name = meta.get("name")?.as_str()?.to_string();
     let namespace = if info.namespaced {
-        Some(meta.get("namespace").and_then(|n| n.as_str()).unwrap_or("default").to_string())
+        Some(
+            meta.get("namespace")
+                .and_then(|n| n.as_str())
+                .unwrap_or("default")
+                .to_string(),
+        )
     } else {
         None
     };

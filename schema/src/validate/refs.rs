@@ -74,7 +74,12 @@ pub(crate) fn check_tree(files: &[ParsedFile]) -> Vec<Diagnostic> {
             let Some(id) = &d.ident else { continue };
             if let Some(ns) = id.namespace.as_deref() {
                 if ns != "default" && !namespaces.contains(ns) {
-                    let ptr = if d.root.get("metadata").and_then(|m| m.get("namespace")).is_some() {
+                    let ptr = if d
+                        .root
+                        .get("metadata")
+                        .and_then(|m| m.get("namespace"))
+                        .is_some()
+                    {
                         "/metadata/namespace"
                     } else {
                         "/metadata"
@@ -97,7 +102,11 @@ pub(crate) fn check_tree(files: &[ParsedFile]) -> Vec<Diagnostic> {
                         .api_version
                         .as_deref()
                         .and_then(|v| v.split_once('/').map(|(g, _)| g))
-                        .unwrap_or(if r.kind == "ReplicationController" { "" } else { "apps" });
+                        .unwrap_or(if r.kind == "ReplicationController" {
+                            ""
+                        } else {
+                            "apps"
+                        });
                     if !present.contains(&(group, r.kind.as_str(), ns, r.name.as_str())) {
                         out.push(f.diag_at(
                             d,
@@ -114,7 +123,10 @@ pub(crate) fn check_tree(files: &[ParsedFile]) -> Vec<Diagnostic> {
                     if let Some((spec, base)) = pod_spec_of(obj) {
                         let mut errs = Vec::new();
                         check_pod_refs(spec, base, ns, &present, &keys, &mut errs);
-                        out.extend(errs.into_iter().map(|(p, r)| f.diag_at(d, &p, Code::Reference, r)));
+                        out.extend(
+                            errs.into_iter()
+                                .map(|(p, r)| f.diag_at(d, &p, Code::Reference, r)),
+                        );
                     }
                 }
                 None => {}
@@ -152,7 +164,11 @@ fn check_pod_refs(
 ) {
     // One reference, reported once: a missing object at its name (the keys it reads would
     // only repeat that), else each key it lacks at that key.
-    let mut need = |ptr: String, kind: &'static str, name: &str, wanted: Vec<(String, &str)>, optional: Option<bool>| {
+    let mut need = |ptr: String,
+                    kind: &'static str,
+                    name: &str,
+                    wanted: Vec<(String, &str)>,
+                    optional: Option<bool>| {
         if optional == Some(true) {
             return;
         }
@@ -165,7 +181,9 @@ fn check_pod_refs(
             ));
             return;
         }
-        let Some(have) = keys.get(&(kind, ns, name)) else { return };
+        let Some(have) = keys.get(&(kind, ns, name)) else {
+            return;
+        };
         for (key_ptr, key) in wanted {
             if !have.contains(key) {
                 let mut list: Vec<&&str> = have.iter().collect();
@@ -174,37 +192,69 @@ fn check_pod_refs(
                     key_ptr,
                     format!(
                         "{kind} {ns}/{name} has no key {key:?} (it has: {})",
-                        list.iter().map(|k| format!("{k:?}")).collect::<Vec<_>>().join(", ")
+                        list.iter()
+                            .map(|k| format!("{k:?}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                 ));
             }
         }
     };
-    let groups: BTreeMap<&str, _> = [("containers", Some(&spec.containers)), ("initContainers", spec.init_containers.as_ref())]
-        .into_iter()
-        .filter_map(|(n, c)| c.map(|c| (n, c)))
-        .collect();
+    let groups: BTreeMap<&str, _> = [
+        ("containers", Some(&spec.containers)),
+        ("initContainers", spec.init_containers.as_ref()),
+    ]
+    .into_iter()
+    .filter_map(|(n, c)| c.map(|c| (n, c)))
+    .collect();
     for (field, containers) in groups {
         for (ci, c) in containers.iter().enumerate() {
             let cp = format!("{base}/{field}/{ci}");
             for (ei, env) in c.env.iter().flatten().enumerate() {
-                let Some(from) = &env.value_from else { continue };
+                let Some(from) = &env.value_from else {
+                    continue;
+                };
                 let ep = format!("{cp}/env/{ei}/valueFrom");
                 if let Some(r) = &from.config_map_key_ref {
                     let p = format!("{ep}/configMapKeyRef");
-                    need(format!("{p}/name"), "ConfigMap", &r.name, vec![(format!("{p}/key"), r.key.as_str())], r.optional);
+                    need(
+                        format!("{p}/name"),
+                        "ConfigMap",
+                        &r.name,
+                        vec![(format!("{p}/key"), r.key.as_str())],
+                        r.optional,
+                    );
                 }
                 if let Some(r) = &from.secret_key_ref {
                     let p = format!("{ep}/secretKeyRef");
-                    need(format!("{p}/name"), "Secret", &r.name, vec![(format!("{p}/key"), r.key.as_str())], r.optional);
+                    need(
+                        format!("{p}/name"),
+                        "Secret",
+                        &r.name,
+                        vec![(format!("{p}/key"), r.key.as_str())],
+                        r.optional,
+                    );
                 }
             }
             for (ei, src) in c.env_from.iter().flatten().enumerate() {
                 if let Some(r) = &src.config_map_ref {
-                    need(format!("{cp}/envFrom/{ei}/configMapRef/name"), "ConfigMap", &r.name, Vec::new(), r.optional);
+                    need(
+                        format!("{cp}/envFrom/{ei}/configMapRef/name"),
+                        "ConfigMap",
+                        &r.name,
+                        Vec::new(),
+                        r.optional,
+                    );
                 }
                 if let Some(r) = &src.secret_ref {
-                    need(format!("{cp}/envFrom/{ei}/secretRef/name"), "Secret", &r.name, Vec::new(), r.optional);
+                    need(
+                        format!("{cp}/envFrom/{ei}/secretRef/name"),
+                        "Secret",
+                        &r.name,
+                        Vec::new(),
+                        r.optional,
+                    );
                 }
             }
         }
@@ -219,7 +269,13 @@ fn check_pod_refs(
                 .enumerate()
                 .map(|(ii, item)| (format!("{vp}/configMap/items/{ii}/key"), item.key.as_str()))
                 .collect();
-            need(format!("{vp}/configMap/name"), "ConfigMap", &cm.name, wanted, cm.optional);
+            need(
+                format!("{vp}/configMap/name"),
+                "ConfigMap",
+                &cm.name,
+                wanted,
+                cm.optional,
+            );
         }
         if let Some(s) = &v.secret {
             let wanted = s
@@ -229,7 +285,13 @@ fn check_pod_refs(
                 .enumerate()
                 .map(|(ii, item)| (format!("{vp}/secret/items/{ii}/key"), item.key.as_str()))
                 .collect();
-            need(format!("{vp}/secret/secretName"), "Secret", &s.secret_name, wanted, s.optional);
+            need(
+                format!("{vp}/secret/secretName"),
+                "Secret",
+                &s.secret_name,
+                wanted,
+                s.optional,
+            );
         }
     }
 }

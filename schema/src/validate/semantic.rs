@@ -10,7 +10,7 @@ use base64::Engine as _;
 use crate::cron;
 use crate::intorstr::IntOrString;
 use crate::kinds::apps::{DeploymentStrategy, StrategyType};
-use crate::kinds::autoscaling::{HpaScalingRules, HorizontalPodAutoscaler, MetricTargetType};
+use crate::kinds::autoscaling::{HorizontalPodAutoscaler, HpaScalingRules, MetricTargetType};
 use crate::kinds::batch::JobSpec;
 use crate::kinds::core::{ConfigMap, Endpoints, Node, Secret, Service, ServiceType};
 use crate::kinds::pod::{
@@ -117,7 +117,11 @@ pub(crate) fn check_object(obj: &Object, e: &mut Errs) {
                 check_strategy(st, "/spec/updateStrategy", true, e);
             }
             nonneg_opt(o.spec.min_ready_seconds, "/spec/minReadySeconds", e);
-            nonneg_opt(o.spec.revision_history_limit, "/spec/revisionHistoryLimit", e);
+            nonneg_opt(
+                o.spec.revision_history_limit,
+                "/spec/revisionHistoryLimit",
+                e,
+            );
         }
         Object::Job(o) => {
             if o.status.is_some() {
@@ -150,13 +154,21 @@ pub(crate) fn check_object(obj: &Object, e: &mut Errs) {
                     e.add("/spec/timeZone", reason);
                 }
             }
-            nonneg_opt(s.starting_deadline_seconds, "/spec/startingDeadlineSeconds", e);
+            nonneg_opt(
+                s.starting_deadline_seconds,
+                "/spec/startingDeadlineSeconds",
+                e,
+            );
             nonneg_opt(
                 s.successful_jobs_history_limit,
                 "/spec/successfulJobsHistoryLimit",
                 e,
             );
-            nonneg_opt(s.failed_jobs_history_limit, "/spec/failedJobsHistoryLimit", e);
+            nonneg_opt(
+                s.failed_jobs_history_limit,
+                "/spec/failedJobsHistoryLimit",
+                e,
+            );
             if let Some(m) = &s.job_template.metadata {
                 check_labels(m.labels.as_ref(), "/spec/jobTemplate/metadata/labels", e);
             }
@@ -276,7 +288,11 @@ fn check_workload(
     e: &mut Errs,
 ) {
     let labels = tpl.metadata.as_ref().and_then(|m| m.labels.clone());
-    check_labels(labels.as_ref(), &format!("{ptr}/template/metadata/labels"), e);
+    check_labels(
+        labels.as_ref(),
+        &format!("{ptr}/template/metadata/labels"),
+        e,
+    );
     check_selector(sel, &format!("{ptr}/selector"), labels.as_ref(), e);
     if always_restart {
         if let Some(rp) = tpl.spec.restart_policy {
@@ -321,7 +337,10 @@ fn check_strategy(st: &DeploymentStrategy, ptr: &str, daemonset: bool, e: &mut E
     let ty = st.type_.unwrap_or_default();
     match (ty, daemonset) {
         (StrategyType::Recreate, true) | (StrategyType::OnDelete, false) => {
-            e.add(format!("{ptr}/type"), format!("{ty:?} is not supported here"));
+            e.add(
+                format!("{ptr}/type"),
+                format!("{ty:?} is not supported here"),
+            );
         }
         _ => {}
     }
@@ -349,7 +368,10 @@ fn check_strategy(st: &DeploymentStrategy, ptr: &str, daemonset: bool, e: &mut E
                     None
                 }
                 _ => {
-                    e.add(p, format!("{s:?} must be an integer or a percentage (e.g. '25%')"));
+                    e.add(
+                        p,
+                        format!("{s:?} must be an integer or a percentage (e.g. '25%')"),
+                    );
                     None
                 }
             },
@@ -378,7 +400,11 @@ fn check_job(s: &JobSpec, ptr: &str, e: &mut Errs) {
         positive(d, &format!("{ptr}/activeDeadlineSeconds"), e);
     }
     let labels = s.template.metadata.as_ref().and_then(|m| m.labels.clone());
-    check_labels(labels.as_ref(), &format!("{ptr}/template/metadata/labels"), e);
+    check_labels(
+        labels.as_ref(),
+        &format!("{ptr}/template/metadata/labels"),
+        e,
+    );
     if let Some(sel) = &s.selector {
         if s.manual_selector != Some(true) {
             e.add(
@@ -404,19 +430,28 @@ fn check_job(s: &JobSpec, ptr: &str, e: &mut Errs) {
 
 pub(crate) fn check_pod_spec(s: &PodSpec, ptr: &str, e: &mut Errs) {
     if s.containers.is_empty() {
-        e.add(format!("{ptr}/containers"), "must have at least one container");
+        e.add(
+            format!("{ptr}/containers"),
+            "must have at least one container",
+        );
     }
     let mut volumes = HashSet::new();
     for (i, v) in s.volumes.iter().flatten().enumerate() {
         let p = format!("{ptr}/volumes/{i}");
         if !volumes.insert(v.name.as_str()) {
-            e.add(format!("{p}/name"), format!("duplicate volume name {:?}", v.name));
+            e.add(
+                format!("{p}/name"),
+                format!("duplicate volume name {:?}", v.name),
+            );
         }
         check_volume(v, &p, e);
     }
     let mut names = HashSet::new();
     let groups = [
-        ("initContainers", s.init_containers.as_deref().unwrap_or(&[])),
+        (
+            "initContainers",
+            s.init_containers.as_deref().unwrap_or(&[]),
+        ),
         ("containers", s.containers.as_slice()),
     ];
     for (field, list) in groups {
@@ -532,7 +567,10 @@ pub(crate) fn check_pod_spec(s: &PodSpec, ptr: &str, e: &mut Errs) {
         if let Some(m) = c.min_domains {
             positive(m.into(), &format!("{p}/minDomains"), e);
         }
-        e.check(format!("{p}/topologyKey"), names::is_qualified_name(&c.topology_key));
+        e.check(
+            format!("{p}/topologyKey"),
+            names::is_qualified_name(&c.topology_key),
+        );
         if let Some(sel) = &c.label_selector {
             if let Err(err) = Selector::from_label_selector(sel) {
                 e.add(format!("{p}/labelSelector"), reason_of(err));
@@ -540,8 +578,16 @@ pub(crate) fn check_pod_spec(s: &PodSpec, ptr: &str, e: &mut Errs) {
         }
     }
     if let Some(sc) = &s.security_context {
-        nonneg_opt(sc.run_as_user, &format!("{ptr}/securityContext/runAsUser"), e);
-        nonneg_opt(sc.run_as_group, &format!("{ptr}/securityContext/runAsGroup"), e);
+        nonneg_opt(
+            sc.run_as_user,
+            &format!("{ptr}/securityContext/runAsUser"),
+            e,
+        );
+        nonneg_opt(
+            sc.run_as_group,
+            &format!("{ptr}/securityContext/runAsGroup"),
+            e,
+        );
     }
 }
 
@@ -663,7 +709,10 @@ fn check_volume(v: &Volume, p: &str, e: &mut Errs) {
         }
     };
     if let Some(cm) = &v.config_map {
-        e.check(format!("{p}/configMap/name"), names::is_dns1123_subdomain(&cm.name));
+        e.check(
+            format!("{p}/configMap/name"),
+            names::is_dns1123_subdomain(&cm.name),
+        );
         items(&cm.items, cm.default_mode, "configMap", e);
     }
     if let Some(s) = &v.secret {
@@ -677,7 +726,10 @@ fn check_volume(v: &Volume, p: &str, e: &mut Errs) {
 
 fn check_mode(m: i32, ptr: &str, e: &mut Errs) {
     if !(0..=0o777).contains(&m) {
-        e.add(ptr, "must be a number between 0 and 0777 (octal), both inclusive");
+        e.add(
+            ptr,
+            "must be a number between 0 and 0777 (octal), both inclusive",
+        );
     }
 }
 
@@ -697,18 +749,15 @@ fn check_port(port: i32, ptr: &str, e: &mut Errs) {
     }
 }
 
-fn check_container(
-    c: &Container,
-    p: &str,
-    init: bool,
-    volumes: &HashSet<&str>,
-    e: &mut Errs,
-) {
+fn check_container(c: &Container, p: &str, init: bool, volumes: &HashSet<&str>, e: &mut Errs) {
     e.check(format!("{p}/name"), names::is_dns1123_label(&c.name));
     if c.image.trim().is_empty() {
         e.add(format!("{p}/image"), "must not be empty");
     } else if c.image.trim() != c.image {
-        e.add(format!("{p}/image"), "must not have leading or trailing whitespace");
+        e.add(
+            format!("{p}/image"),
+            "must not have leading or trailing whitespace",
+        );
     }
     if let Some(wd) = &c.working_dir {
         if !wd.starts_with('/') {
@@ -767,7 +816,11 @@ fn check_container(
                     }
                 }
                 if let Some(f) = &from.field_ref {
-                    check_field_path(&f.field_path, &format!("{ep}/valueFrom/fieldRef/fieldPath"), e);
+                    check_field_path(
+                        &f.field_path,
+                        &format!("{ep}/valueFrom/fieldRef/fieldPath"),
+                        e,
+                    );
                 }
                 if let Some(r) = &from.resource_field_ref {
                     const OK: [&str; 6] = [
@@ -781,7 +834,11 @@ fn check_container(
                     if !OK.contains(&r.resource.as_str()) {
                         e.add(
                             format!("{ep}/valueFrom/resourceFieldRef/resource"),
-                            format!("unsupported resource {:?}: supported values: {}", r.resource, OK.join(", ")),
+                            format!(
+                                "unsupported resource {:?}: supported values: {}",
+                                r.resource,
+                                OK.join(", ")
+                            ),
                         );
                     }
                     if let Some(d) = &r.divisor {
@@ -843,7 +900,10 @@ fn check_container(
     for (i, m) in c.volume_mounts.iter().flatten().enumerate() {
         let mp = format!("{p}/volumeMounts/{i}");
         if !volumes.contains(m.name.as_str()) {
-            e.add(format!("{mp}/name"), format!("volume {:?} not found in the pod's volumes", m.name));
+            e.add(
+                format!("{mp}/name"),
+                format!("volume {:?} not found in the pod's volumes", m.name),
+            );
         }
         if !m.mount_path.starts_with('/') {
             e.add(format!("{mp}/mountPath"), "must be an absolute path");
@@ -919,17 +979,25 @@ fn check_field_path(path: &str, ptr: &str, e: &mut Errs) {
 }
 
 fn check_probe(pr: &Probe, p: &str, success_must_be_one: bool, c: &Container, e: &mut Errs) {
-    let n = [pr.exec.is_some(), pr.http_get.is_some(), pr.tcp_socket.is_some()]
-        .iter()
-        .filter(|x| **x)
-        .count();
+    let n = [
+        pr.exec.is_some(),
+        pr.http_get.is_some(),
+        pr.tcp_socket.is_some(),
+    ]
+    .iter()
+    .filter(|x| **x)
+    .count();
     if n != 1 {
         e.add(
             p,
             "must specify exactly one handler type: `exec`, `httpGet` or `tcpSocket`",
         );
     }
-    nonneg_opt(pr.initial_delay_seconds, &format!("{p}/initialDelaySeconds"), e);
+    nonneg_opt(
+        pr.initial_delay_seconds,
+        &format!("{p}/initialDelaySeconds"),
+        e,
+    );
     for (field, v) in [
         ("periodSeconds", pr.period_seconds),
         ("timeoutSeconds", pr.timeout_seconds),
@@ -957,7 +1025,11 @@ fn check_probe(pr: &Probe, p: &str, success_must_be_one: bool, c: &Container, e:
     if let Some((port, field)) = port {
         check_target_port(port, &format!("{p}/{field}/port"), Some(c), e);
     }
-    if let Some(cmd) = pr.exec.as_ref().map(|x| x.command.as_deref().unwrap_or(&[])) {
+    if let Some(cmd) = pr
+        .exec
+        .as_ref()
+        .map(|x| x.command.as_deref().unwrap_or(&[]))
+    {
         if cmd.is_empty() {
             e.add(format!("{p}/exec/command"), "must not be empty");
         }
@@ -980,7 +1052,10 @@ fn check_target_port(port: &IntOrString, ptr: &str, c: Option<&Container>, e: &m
                 if !found {
                     e.add(
                         ptr,
-                        format!("port name {name:?} is not a named port of container {:?}", c.name),
+                        format!(
+                            "port name {name:?} is not a named port of container {:?}",
+                            c.name
+                        ),
                     );
                 }
             }
@@ -1019,7 +1094,9 @@ fn check_resources(r: &crate::kinds::pod::ResourceRequirements, p: &str, e: &mut
         }
     }
     for (name, req) in requests {
-        let Some(lim) = limits.get(name) else { continue };
+        let Some(lim) = limits.get(name) else {
+            continue;
+        };
         if let (Ok(rv), Ok(lv)) = (req.milli_value(), lim.milli_value()) {
             if rv > lv {
                 e.add(
@@ -1040,19 +1117,31 @@ fn check_service(s: &Service, e: &mut Errs) {
     let headless = spec.cluster_ip.as_deref() == Some("None");
     let ports = spec.ports.as_deref().unwrap_or(&[]);
     if ports.is_empty() && !headless {
-        e.add("/spec/ports", "must have at least one port (or clusterIP: None)");
+        e.add(
+            "/spec/ports",
+            "must have at least one port (or clusterIP: None)",
+        );
     }
     if let Some(ip) = spec.cluster_ip.as_deref().filter(|ip| !ip.is_empty()) {
         if ip != "None" && ip.parse::<std::net::IpAddr>().is_err() {
-            e.add("/spec/clusterIP", format!("{ip:?} must be a valid IP address or \"None\""));
+            e.add(
+                "/spec/clusterIP",
+                format!("{ip:?} must be a valid IP address or \"None\""),
+            );
         }
         if headless && ty == ServiceType::NodePort {
-            e.add("/spec/clusterIP", "may not be \"None\" for a NodePort service");
+            e.add(
+                "/spec/clusterIP",
+                "may not be \"None\" for a NodePort service",
+            );
         }
     }
     for (i, ip) in spec.cluster_ips.iter().flatten().enumerate() {
         if ip != "None" && ip.parse::<std::net::IpAddr>().is_err() {
-            e.add(format!("/spec/clusterIPs/{i}"), format!("{ip:?} must be a valid IP address"));
+            e.add(
+                format!("/spec/clusterIPs/{i}"),
+                format!("{ip:?} must be a valid IP address"),
+            );
         }
     }
     check_labels(spec.selector.as_ref(), "/spec/selector", e);
@@ -1165,7 +1254,10 @@ fn check_config_map(o: &ConfigMap, e: &mut Errs) {
         .sum::<usize>()
         .saturating_add(check_base64(bin, "/binaryData", e));
     if size > MAX_CONFIG_BYTES {
-        e.add("", format!("ConfigMap is {size} bytes, more than the 1048576 allowed"));
+        e.add(
+            "",
+            format!("ConfigMap is {size} bytes, more than the 1048576 allowed"),
+        );
     }
 }
 
@@ -1178,7 +1270,10 @@ fn check_secret(o: &Secret, e: &mut Errs) {
     let size = check_base64(data, "/data", e)
         .saturating_add(string_data.values().map(String::len).sum::<usize>());
     if size > MAX_CONFIG_BYTES {
-        e.add("", format!("Secret is {size} bytes, more than the 1048576 allowed"));
+        e.add(
+            "",
+            format!("Secret is {size} bytes, more than the 1048576 allowed"),
+        );
     }
     let has = |k: &str| data.contains_key(k) || string_data.contains_key(k);
     let ty = o.type_.as_deref().unwrap_or("Opaque");
@@ -1187,7 +1282,10 @@ fn check_secret(o: &Secret, e: &mut Errs) {
         "kubernetes.io/basic-auth" if !has("username") && !has("password") => {
             vec!["username or password"]
         }
-        "kubernetes.io/tls" => ["tls.crt", "tls.key"].into_iter().filter(|k| !has(k)).collect(),
+        "kubernetes.io/tls" => ["tls.crt", "tls.key"]
+            .into_iter()
+            .filter(|k| !has(k))
+            .collect(),
         "kubernetes.io/ssh-auth" => ["ssh-privatekey"].into_iter().filter(|k| !has(k)).collect(),
         "kubernetes.io/dockerconfigjson" => [".dockerconfigjson"]
             .into_iter()
@@ -1195,8 +1293,20 @@ fn check_secret(o: &Secret, e: &mut Errs) {
             .collect(),
         _ => Vec::new(),
     };
+    // Point at where the key belongs: `data`, else `stringData`, else the type that wants it
+    // (a pointer to an absent `data` would point at the whole document).
+    let ptr = if o.data.is_some() {
+        "/data"
+    } else if o.string_data.is_some() {
+        "/stringData"
+    } else {
+        "/type"
+    };
     for k in missing {
-        e.add("/data", format!("a Secret of type {ty:?} must have the key {k}"));
+        e.add(
+            ptr,
+            format!("a Secret of type {ty:?} must have the key {k}"),
+        );
     }
 }
 
@@ -1219,16 +1329,22 @@ fn check_node(o: &Node, e: &mut Errs) {
             e.add(tp, "taints must be unique by key and effect pair");
         }
     }
-    for (field, cidr) in std::iter::once(("podCIDR", spec.pod_cidr.as_ref()))
-        .chain(spec.pod_cidrs.iter().flatten().map(|c| ("podCIDRs", Some(c))))
-    {
+    for (field, cidr) in std::iter::once(("podCIDR", spec.pod_cidr.as_ref())).chain(
+        spec.pod_cidrs
+            .iter()
+            .flatten()
+            .map(|c| ("podCIDRs", Some(c))),
+    ) {
         let Some(cidr) = cidr else { continue };
         let ok = cidr.split_once('/').is_some_and(|(ip, bits)| {
             let max = if ip.contains(':') { 128 } else { 32 };
             ip.parse::<std::net::IpAddr>().is_ok() && bits.parse::<u8>().is_ok_and(|b| b <= max)
         });
         if !ok {
-            e.add(format!("/spec/{field}"), format!("{cidr:?} must be a valid CIDR (e.g. 10.244.0.0/24)"));
+            e.add(
+                format!("/spec/{field}"),
+                format!("{cidr:?} must be a valid CIDR (e.g. 10.244.0.0/24)"),
+            );
         }
     }
 }
@@ -1242,31 +1358,51 @@ fn check_hpa(o: &HorizontalPodAutoscaler, e: &mut Errs) {
     if s.max_replicas < 1 {
         e.add("/spec/maxReplicas", "must be greater than 0");
     } else if s.max_replicas < min {
-        e.add("/spec/maxReplicas", "must be greater than or equal to `minReplicas`");
+        e.add(
+            "/spec/maxReplicas",
+            "must be greater than or equal to `minReplicas`",
+        );
     }
-    e.check("/spec/scaleTargetRef/name", names::is_dns1123_subdomain(&s.scale_target_ref.name));
+    e.check(
+        "/spec/scaleTargetRef/name",
+        names::is_dns1123_subdomain(&s.scale_target_ref.name),
+    );
     for (i, m) in s.metrics.iter().flatten().enumerate() {
         let mp = format!("/spec/metrics/{i}");
         let Some(r) = &m.resource else {
-            e.add(format!("{mp}/resource"), "must populate information for the given metric source");
+            e.add(
+                format!("{mp}/resource"),
+                "must populate information for the given metric source",
+            );
             continue;
         };
         if r.name != "cpu" && r.name != "memory" {
             e.add(
                 format!("{mp}/resource/name"),
-                format!("unsupported resource {:?}: supported values: cpu, memory", r.name),
+                format!(
+                    "unsupported resource {:?}: supported values: cpu, memory",
+                    r.name
+                ),
             );
         }
         let t = &r.target;
         let tp = format!("{mp}/resource/target");
         match t.type_ {
             MetricTargetType::Utilization => match t.average_utilization {
-                None => e.add(format!("{tp}/averageUtilization"), "must be set when `type` is 'Utilization'"),
-                Some(u) if u <= 0 => e.add(format!("{tp}/averageUtilization"), "must be greater than 0"),
+                None => e.add(
+                    format!("{tp}/averageUtilization"),
+                    "must be set when `type` is 'Utilization'",
+                ),
+                Some(u) if u <= 0 => {
+                    e.add(format!("{tp}/averageUtilization"), "must be greater than 0")
+                }
                 _ => {}
             },
             MetricTargetType::AverageValue => match &t.average_value {
-                None => e.add(format!("{tp}/averageValue"), "must be set when `type` is 'AverageValue'"),
+                None => e.add(
+                    format!("{tp}/averageValue"),
+                    "must be set when `type` is 'AverageValue'",
+                ),
                 Some(q) => check_quantity(q, &format!("{tp}/averageValue"), e),
             },
             MetricTargetType::Value => e.add(
