@@ -41,13 +41,13 @@ fn fail(schedule: &str, reason: impl Into<String>) -> Error {
 pub fn validate_schedule(schedule: &str) -> Result<()> {
     static SEEN: OnceLock<Mutex<HashMap<String, Option<String>>>> = OnceLock::new();
     let cache = SEEN.get_or_init(Default::default);
-    if let Ok(map) = cache.lock() {
-        if let Some(answer) = map.get(schedule) {
-            return match answer {
-                None => Ok(()),
-                Some(reason) => Err(fail(schedule, reason.clone())),
-            };
-        }
+    if let Ok(map) = cache.lock()
+        && let Some(answer) = map.get(schedule)
+    {
+        return match answer {
+            None => Ok(()),
+            Some(reason) => Err(fail(schedule, reason.clone())),
+        };
     }
     let answer = check_schedule(schedule);
     if let Ok(mut map) = cache.lock() {

@@ -346,17 +346,25 @@ pub fn parse_stream(text: &str, limits: &YamlLimits) -> Result<Vec<Document>> {
                     return Err(tag_err(span, &tag));
                 }
                 b.count(1, span)?;
-                if let Some(Frame::Map { pending, .. }) = b.stack.last_mut() {
-                    if pending.is_none() {
-                        let is_merge = style == ScalarStyle::Plain && text == "<<";
-                        *pending = Some((text.into_owned(), span, is_merge));
-                        continue;
-                    }
+                if let Some(Frame::Map { pending, .. }) = b.stack.last_mut()
+                    && pending.is_none()
+                {
+                    let is_merge = style == ScalarStyle::Plain && text == "<<";
+                    *pending = Some((text.into_owned(), span, is_merge));
+                    continue;
                 }
-                let node = Node {
-                    value: resolve(text, style),
-                    span,
-                };
+                let value = resolve(text, style);
+                if let Value::Float(f) = value
+                    && !f.is_finite()
+                {
+                    // kubectl turns YAML into JSON before sending it, and JSON has no
+                    // infinity or NaN, so such a manifest could never be applied.
+                    return Err(parse_err(
+                        span,
+                        "infinity and NaN (.inf, .nan) cannot be represented in JSON; quote the value if it is a string",
+                    ));
+                }
+                let node = Node { value, span };
                 b.finish(node, anchor, 1)?
             }
             Event::Alias(id) => {
@@ -492,8 +500,11 @@ fn resolve(text: Cow<'_, str>, style: ScalarStyle) -> Value {
         "false" | "False" | "FALSE" | "no" | "No" | "NO" | "n" | "N" | "off" | "Off" | "OFF" => {
             return Value::Bool(false);
         }
-        ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" | "-.inf" | "-.Inf" | "-.INF"
-        | ".nan" | ".NaN" | ".NAN" => return Value::String(text.into_owned()),
+        ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" => {
+            return Value::Float(f64::INFINITY);
+        }
+        "-.inf" | "-.Inf" | "-.INF" => return Value::Float(f64::NEG_INFINITY),
+        ".nan" | ".NaN" | ".NAN" => return Value::Float(f64::NAN),
         _ => {}
     }
     let first = s.as_bytes()[0];
@@ -503,12 +514,11 @@ fn resolve(text: Cow<'_, str>, style: ScalarStyle) -> Value {
     if let Some(i) = parse_int(s) {
         return Value::Int(i);
     }
-    if looks_like_float(s) {
-        if let Ok(f) = s.replace('_', "").parse::<f64>() {
-            if f.is_finite() {
-                return Value::Float(f);
-            }
-        }
+    if looks_like_float(s)
+        && let Ok(f) = s.replace('_', "").parse::<f64>()
+        && f.is_finite()
+    {
+        return Value::Float(f);
     }
     Value::String(text.into_owned())
 }
@@ -688,6 +698,15 @@ mod tests {
         assert_eq!(d.len(), 2);
         assert_eq!(d[1].index, 1);
         assert_eq!(d[1].root.span.line, 6);
+    }
+
+    #[test]
+    fn refuses_infinity_and_nan() {
+        for bad in ["a: .inf\n", "a: -.Inf\n", "a: [.nan]\n"] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(e.contains("cannot be represented in JSON"), "{bad:?}: {e}");
+        }
+        assert!(parse("a: '.inf'\n").is_ok());
     }
 
     #[test]

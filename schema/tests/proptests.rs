@@ -127,11 +127,11 @@ fn assert_within(limits: &Limits, bytes: &[u8]) {
         );
         assert!(!d.reason.is_empty());
     }
-    if let Ok(text) = std::str::from_utf8(bytes) {
-        if let Ok(docs) = parse_stream(text, &limits.yaml) {
-            for doc in docs {
-                assert!(depth(&doc.root.to_json()) <= limits.yaml.max_depth * 2);
-            }
+    if let Ok(text) = std::str::from_utf8(bytes)
+        && let Ok(docs) = parse_stream(text, &limits.yaml)
+    {
+        for doc in docs {
+            assert!(depth(&doc.root.to_json()) <= limits.yaml.max_depth * 2);
         }
     }
 }

@@ -90,7 +90,10 @@ fn round_trip_dir(dir: &Path) -> usize {
     let mut n = 0;
     for file in &report.files {
         for doc in &file.docs {
-            let input = doc.root.to_json();
+            let input = file
+                .root(doc.index)
+                .expect("the document parses again")
+                .to_json();
             let obj = doc.object.as_ref().expect("valid document has an object");
             let out = obj.to_value().unwrap();
             assert!(

@@ -16,7 +16,7 @@
 mod refs;
 pub(crate) mod semantic;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use rayon::prelude::*;
 
@@ -24,7 +24,7 @@ use crate::diagnostic::{Code, Diagnostic, line_of};
 use crate::error::Error;
 use crate::object::{self, KindInfo, Object};
 use crate::tree::{EntryKind, Tree, resolve_symlink};
-use crate::yaml::{self, Node, YamlLimits};
+use crate::yaml::{self, Node, Span, YamlLimits};
 
 /// The hard limits, each checked before the work it protects is spent.
 #[derive(Debug, Clone)]
@@ -64,8 +64,6 @@ pub fn is_manifest_path(path: &str) -> bool {
 pub struct ParsedDoc {
     /// Position among the file's non-empty documents.
     pub index: usize,
-    /// The YAML tree, kept to locate any JSON pointer later (cross-object checks).
-    pub root: Node,
     /// The object, when this document is valid on its own.
     pub object: Option<Object>,
     /// Kind, namespace and name, when they could be read even from an invalid document, so
@@ -100,9 +98,37 @@ pub struct ParsedFile {
     pub text: Arc<str>,
     pub docs: Vec<ParsedDoc>,
     pub diagnostics: Vec<Diagnostic>,
+    /// The YAML trees of the documents, rebuilt from `text` only when a later check needs a
+    /// position. Keeping every tree of a large repository costs more (in memory, and in
+    /// the time to fault that memory in) than parsing again on the rare error path.
+    nodes: OnceLock<Vec<Node>>,
 }
 
 impl ParsedFile {
+    /// The YAML tree of document `index` (as in [`ParsedDoc::index`]).
+    pub fn root(&self, index: usize) -> Option<&Node> {
+        self.nodes
+            .get_or_init(|| {
+                // The text already passed the limits once; these only bound the second pass.
+                let limits = YamlLimits {
+                    max_depth: usize::MAX,
+                    max_documents: usize::MAX,
+                    max_alias_nodes: usize::MAX,
+                    max_nodes: usize::MAX,
+                };
+                yaml::parse_stream(&self.text, &limits)
+                    .map(|docs| docs.into_iter().map(|d| d.root).collect())
+                    .unwrap_or_default()
+            })
+            .get(index)
+    }
+
+    /// Where a JSON pointer of a document is in the file.
+    pub fn locate(&self, doc: &ParsedDoc, pointer: &str) -> Span {
+        self.root(doc.index)
+            .map_or(Span { line: 1, column: 1 }, |r| r.locate(pointer))
+    }
+
     /// A diagnostic at a pointer of document `doc` of this file.
     pub(crate) fn diag_at(
         &self,
@@ -111,7 +137,11 @@ impl ParsedFile {
         code: Code,
         reason: String,
     ) -> Diagnostic {
-        let span = doc.root.locate(pointer);
+        let span = self.locate(doc, pointer);
+        self.diag_at_span(span, pointer, code, reason)
+    }
+
+    fn diag_at_span(&self, span: Span, pointer: &str, code: Code, reason: String) -> Diagnostic {
         Diagnostic {
             file: self.path.clone(),
             line: span.line,
@@ -279,6 +309,7 @@ pub fn validate_tree(tree: &dyn Tree, limits: &Limits) -> Report {
                 text: Arc::from(""),
                 docs: Vec::new(),
                 diagnostics: vec![file_diag(path, Code::Io, 1, 1, err.to_string(), None)],
+                nodes: OnceLock::new(),
             },
         })
         .collect();
@@ -349,6 +380,7 @@ pub fn parse_file(path: &str, bytes: &[u8], limits: &Limits) -> ParsedFile {
         text: Arc::from(""),
         docs: Vec::new(),
         diagnostics: Vec::new(),
+        nodes: OnceLock::new(),
     };
     if bytes.len() as u64 > limits.max_file_bytes {
         file.diagnostics.push(file_diag(
@@ -393,13 +425,13 @@ pub fn parse_file(path: &str, bytes: &[u8], limits: &Limits) -> ParsedFile {
     for doc in docs {
         let mut pd = ParsedDoc {
             index: doc.index,
-            root: doc.root,
             object: None,
             ident: None,
         };
-        let problems = check_document(&mut pd);
+        let problems = check_document(&mut pd, &doc.root);
         for (pointer, code, reason) in problems {
-            let d = file.diag_at(&pd, &pointer, code, reason);
+            let span = doc.root.locate(&pointer);
+            let d = file.diag_at_span(span, &pointer, code, reason);
             file.diagnostics.push(d);
         }
         file.docs.push(pd);
@@ -481,9 +513,8 @@ fn error_diag(path: &str, err: Error, text: Option<&str>) -> Diagnostic {
 
 /// Kind lookup, schema, typed decoding and per-object rules for one document. Sets
 /// `doc.object` when it is valid and `doc.ident` whenever the identity is readable.
-fn check_document(doc: &mut ParsedDoc) -> Vec<(String, Code, String)> {
+fn check_document(doc: &mut ParsedDoc, root: &Node) -> Vec<(String, Code, String)> {
     let mut out = Vec::new();
-    let root = &doc.root;
     if !matches!(root.value, yaml::Value::Map(_)) {
         out.push((
             String::new(),
@@ -578,7 +609,7 @@ fn check_document(doc: &mut ParsedDoc) -> Vec<(String, Code, String)> {
         // through a value the schema cannot express. The usual one is a whole number written
         // as a decimal (`8080.0`, `1e3`): JSON Schema counts it as an integer, serde does
         // not. Point at it rather than at the whole document.
-        Err(e) => match integral_float(validator, &doc.root) {
+        Err(e) => match integral_float(validator, root) {
             Some((ptr, n)) => out.push((
                 ptr,
                 Code::Schema,

@@ -25,7 +25,7 @@ pub(crate) fn check_tree(files: &[ParsedFile]) -> Vec<Diagnostic> {
         for d in &f.docs {
             let Some(id) = &d.ident else { continue };
             if let Some((pf, pd)) = first.get(id) {
-                let at = pd.root.locate("/metadata/name");
+                let at = pf.locate(pd, "/metadata/name");
                 out.push(f.diag_at(
                     d,
                     "/metadata/name",
@@ -72,19 +72,21 @@ pub(crate) fn check_tree(files: &[ParsedFile]) -> Vec<Diagnostic> {
     for f in files {
         for d in &f.docs {
             let Some(id) = &d.ident else { continue };
-            if let Some(ns) = id.namespace.as_deref() {
-                if ns != "default" && !namespaces.contains(ns) {
-                    let ptr = if d
-                        .root
-                        .get("metadata")
-                        .and_then(|m| m.get("namespace"))
-                        .is_some()
-                    {
-                        "/metadata/namespace"
-                    } else {
-                        "/metadata"
-                    };
-                    out.push(f.diag_at(
+            if let Some(ns) = id.namespace.as_deref()
+                && ns != "default"
+                && !namespaces.contains(ns)
+            {
+                let ptr = if f
+                    .root(d.index)
+                    .and_then(|r| r.get("metadata"))
+                    .and_then(|m| m.get("namespace"))
+                    .is_some()
+                {
+                    "/metadata/namespace"
+                } else {
+                    "/metadata"
+                };
+                out.push(f.diag_at(
                         d,
                         ptr,
                         Code::Reference,
@@ -92,7 +94,6 @@ pub(crate) fn check_tree(files: &[ParsedFile]) -> Vec<Diagnostic> {
                             "namespace {ns:?} is not declared in the tree: add a Namespace named {ns:?}, or use \"default\""
                         ),
                     ));
-                }
             }
             let ns = id.namespace.as_deref().unwrap_or("default");
             match &d.object {

@@ -91,13 +91,13 @@ pub(crate) fn check_object(obj: &Object, e: &mut Errs) {
             }
             nonneg_opt(s.min_ready_seconds, "/spec/minReadySeconds", e);
             nonneg_opt(s.revision_history_limit, "/spec/revisionHistoryLimit", e);
-            if let Some(p) = s.progress_deadline_seconds {
-                if p <= s.min_ready_seconds.unwrap_or(0) {
-                    e.add(
-                        "/spec/progressDeadlineSeconds",
-                        "must be greater than minReadySeconds",
-                    );
-                }
+            if let Some(p) = s.progress_deadline_seconds
+                && p <= s.min_ready_seconds.unwrap_or(0)
+            {
+                e.add(
+                    "/spec/progressDeadlineSeconds",
+                    "must be greater than minReadySeconds",
+                );
             }
         }
         Object::ReplicaSet(o) => {
@@ -141,18 +141,18 @@ pub(crate) fn check_object(obj: &Object, e: &mut Errs) {
             if let Err(err) = cron::validate_schedule(&s.schedule) {
                 e.add("/spec/schedule", reason_of(err));
             }
-            if let Some(tz) = &s.time_zone {
-                if let Err(err) = cron::validate_time_zone(tz) {
-                    // `cron` reports a bad time zone with the same error as a bad schedule,
-                    // whose message would call the zone an "invalid schedule".
-                    let reason = match err {
-                        crate::Error::Schedule { reason, .. } => {
-                            format!("invalid time zone {tz:?}: {reason}")
-                        }
-                        other => reason_of(other),
-                    };
-                    e.add("/spec/timeZone", reason);
-                }
+            if let Some(tz) = &s.time_zone
+                && let Err(err) = cron::validate_time_zone(tz)
+            {
+                // `cron` reports a bad time zone with the same error as a bad schedule,
+                // whose message would call the zone an "invalid schedule".
+                let reason = match err {
+                    crate::Error::Schedule { reason, .. } => {
+                        format!("invalid time zone {tz:?}: {reason}")
+                    }
+                    other => reason_of(other),
+                };
+                e.add("/spec/timeZone", reason);
             }
             nonneg_opt(
                 s.starting_deadline_seconds,
@@ -196,10 +196,10 @@ fn status_in_git(e: &mut Errs) {
 }
 
 fn nonneg_opt<T: Into<i64> + Copy>(v: Option<T>, ptr: &str, e: &mut Errs) {
-    if let Some(v) = v {
-        if v.into() < 0 {
-            e.add(ptr, "must be greater than or equal to 0");
-        }
+    if let Some(v) = v
+        && v.into() < 0
+    {
+        e.add(ptr, "must be greater than or equal to 0");
     }
 }
 
@@ -294,15 +294,14 @@ fn check_workload(
         e,
     );
     check_selector(sel, &format!("{ptr}/selector"), labels.as_ref(), e);
-    if always_restart {
-        if let Some(rp) = tpl.spec.restart_policy {
-            if rp != RestartPolicy::Always {
-                e.add(
-                    format!("{ptr}/template/spec/restartPolicy"),
-                    format!("{rp:?} is not supported here: only \"Always\" is"),
-                );
-            }
-        }
+    if always_restart
+        && let Some(rp) = tpl.spec.restart_policy
+        && rp != RestartPolicy::Always
+    {
+        e.add(
+            format!("{ptr}/template/spec/restartPolicy"),
+            format!("{rp:?} is not supported here: only \"Always\" is"),
+        );
     }
     check_pod_spec(&tpl.spec, &format!("{ptr}/template/spec"), e);
 }
@@ -571,10 +570,10 @@ pub(crate) fn check_pod_spec(s: &PodSpec, ptr: &str, e: &mut Errs) {
             format!("{p}/topologyKey"),
             names::is_qualified_name(&c.topology_key),
         );
-        if let Some(sel) = &c.label_selector {
-            if let Err(err) = Selector::from_label_selector(sel) {
-                e.add(format!("{p}/labelSelector"), reason_of(err));
-            }
+        if let Some(sel) = &c.label_selector
+            && let Err(err) = Selector::from_label_selector(sel)
+        {
+            e.add(format!("{p}/labelSelector"), reason_of(err));
         }
     }
     if let Some(sc) = &s.security_context {
@@ -652,10 +651,10 @@ fn check_pod_affinity_term(t: &PodAffinityTerm, ptr: &str, e: &mut Errs) {
         ("labelSelector", &t.label_selector),
         ("namespaceSelector", &t.namespace_selector),
     ] {
-        if let Some(sel) = sel {
-            if let Err(err) = Selector::from_label_selector(sel) {
-                e.add(format!("{ptr}/{field}"), reason_of(err));
-            }
+        if let Some(sel) = sel
+            && let Err(err) = Selector::from_label_selector(sel)
+        {
+            e.add(format!("{ptr}/{field}"), reason_of(err));
         }
     }
     for (i, ns) in t.namespaces.iter().flatten().enumerate() {
@@ -682,10 +681,10 @@ fn check_volume(v: &Volume, p: &str, e: &mut Errs) {
         1 => {}
         _ => e.add(p, "may not specify more than 1 volume type"),
     }
-    if let Some(ed) = &v.empty_dir {
-        if let Some(q) = &ed.size_limit {
-            check_quantity(q, &format!("{p}/emptyDir/sizeLimit"), e);
-        }
+    if let Some(ed) = &v.empty_dir
+        && let Some(q) = &ed.size_limit
+    {
+        check_quantity(q, &format!("{p}/emptyDir/sizeLimit"), e);
     }
     if let Some(hp) = &v.host_path {
         if !hp.path.starts_with('/') {
@@ -759,19 +758,19 @@ fn check_container(c: &Container, p: &str, init: bool, volumes: &HashSet<&str>, 
             "must not have leading or trailing whitespace",
         );
     }
-    if let Some(wd) = &c.working_dir {
-        if !wd.starts_with('/') {
-            e.add(format!("{p}/workingDir"), "must be an absolute path");
-        }
+    if let Some(wd) = &c.working_dir
+        && !wd.starts_with('/')
+    {
+        e.add(format!("{p}/workingDir"), "must be an absolute path");
     }
     let mut port_names = HashSet::new();
     for (i, port) in c.ports.iter().flatten().enumerate() {
         let pp = format!("{p}/ports/{i}");
         check_port(port.container_port, &format!("{pp}/containerPort"), e);
-        if let Some(h) = port.host_port {
-            if h != 0 {
-                check_port(h, &format!("{pp}/hostPort"), e);
-            }
+        if let Some(h) = port.host_port
+            && h != 0
+        {
+            check_port(h, &format!("{pp}/hostPort"), e);
         }
         if let Some(n) = &port.name {
             e.check(format!("{pp}/name"), names::is_port_name(n));
@@ -962,11 +961,11 @@ fn check_field_path(path: &str, ptr: &str, e: &mut Errs) {
         return;
     }
     for prefix in ["metadata.labels['", "metadata.annotations['"] {
-        if let Some(rest) = path.strip_prefix(prefix) {
-            if let Some(key) = rest.strip_suffix("']") {
-                e.check(ptr, names::is_qualified_name(key));
-                return;
-            }
+        if let Some(rest) = path.strip_prefix(prefix)
+            && let Some(key) = rest.strip_suffix("']")
+        {
+            e.check(ptr, names::is_qualified_name(key));
+            return;
         }
     }
     e.add(
@@ -1029,10 +1028,9 @@ fn check_probe(pr: &Probe, p: &str, success_must_be_one: bool, c: &Container, e:
         .exec
         .as_ref()
         .map(|x| x.command.as_deref().unwrap_or(&[]))
+        && cmd.is_empty()
     {
-        if cmd.is_empty() {
-            e.add(format!("{p}/exec/command"), "must not be empty");
-        }
+        e.add(format!("{p}/exec/command"), "must not be empty");
     }
 }
 
@@ -1097,16 +1095,16 @@ fn check_resources(r: &crate::kinds::pod::ResourceRequirements, p: &str, e: &mut
         let Some(lim) = limits.get(name) else {
             continue;
         };
-        if let (Ok(rv), Ok(lv)) = (req.milli_value(), lim.milli_value()) {
-            if rv > lv {
-                e.add(
-                    format!("{p}/requests/{}", esc(name)),
-                    format!(
-                        "must be less than or equal to {name} limit of {}",
-                        lim.as_str()
-                    ),
-                );
-            }
+        if let (Ok(rv), Ok(lv)) = (req.milli_value(), lim.milli_value())
+            && rv > lv
+        {
+            e.add(
+                format!("{p}/requests/{}", esc(name)),
+                format!(
+                    "must be less than or equal to {name} limit of {}",
+                    lim.as_str()
+                ),
+            );
         }
     }
 }
@@ -1421,13 +1419,13 @@ fn check_hpa(o: &HorizontalPodAutoscaler, e: &mut Errs) {
 }
 
 fn check_scaling_rules(r: &HpaScalingRules, p: &str, e: &mut Errs) {
-    if let Some(w) = r.stabilization_window_seconds {
-        if !(0..=3600).contains(&w) {
-            e.add(
-                format!("{p}/stabilizationWindowSeconds"),
-                "must be in the range 0-3600",
-            );
-        }
+    if let Some(w) = r.stabilization_window_seconds
+        && !(0..=3600).contains(&w)
+    {
+        e.add(
+            format!("{p}/stabilizationWindowSeconds"),
+            "must be in the range 0-3600",
+        );
     }
     for (i, pol) in r.policies.iter().flatten().enumerate() {
         positive(pol.value.into(), &format!("{p}/policies/{i}/value"), e);
