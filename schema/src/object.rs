@@ -181,17 +181,17 @@ pub fn lookup_kind(kind: &str) -> Option<&'static KindInfo> {
     KINDS.iter().find(|k| k.kind == kind)
 }
 
-/// The compiled validators, one per kind, built once on first use.
-pub(crate) fn validators() -> &'static [Result<jsonschema::Validator, String>] {
-    static V: OnceLock<Vec<Result<jsonschema::Validator, String>>> = OnceLock::new();
-    V.get_or_init(|| {
-        KINDS
-            .iter()
-            .map(|info| {
-                let schema: serde_json::Value =
-                    serde_json::from_str(info.schema_text).map_err(|e| e.to_string())?;
-                jsonschema::validator_for(&schema).map_err(|e| e.to_string())
-            })
-            .collect()
-    })
+/// The compiled validator of kind number `idx` (its position in [`KINDS`]), compiled once on
+/// first use. Each kind is compiled only when a document of that kind shows up, so a
+/// one-file `coxswain validate` does not pay for all thirteen schemas.
+pub(crate) fn validator(idx: usize) -> Option<&'static Result<jsonschema::Validator, String>> {
+    type Slot = OnceLock<Result<jsonschema::Validator, String>>;
+    static V: OnceLock<Vec<Slot>> = OnceLock::new();
+    let slots = V.get_or_init(|| KINDS.iter().map(|_| OnceLock::new()).collect());
+    let info = KINDS.get(idx)?;
+    Some(slots.get(idx)?.get_or_init(|| {
+        let schema: serde_json::Value =
+            serde_json::from_str(info.schema_text).map_err(|e| e.to_string())?;
+        jsonschema::validator_for(&schema).map_err(|e| e.to_string())
+    }))
 }

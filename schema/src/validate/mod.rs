@@ -575,7 +575,7 @@ fn check_document(doc: &mut ParsedDoc, root: &Node) -> Vec<(String, Code, String
     let value = root.to_json();
     doc.ident = ident_of(info, &value);
     let idx = object::KINDS.iter().position(|k| k == info).unwrap_or(0);
-    let validator = match object::validators().get(idx) {
+    let validator = match object::validator(idx) {
         Some(Ok(v)) => v,
         Some(Err(e)) => {
             out.push((
