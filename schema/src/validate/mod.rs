@@ -696,6 +696,23 @@ fn push_schema_error(err: &jsonschema::ValidationError<'_>, out: &mut Vec<(Strin
                 _ => out.push((base, Code::Schema, err.to_string())),
             }
         }
+        // Optional scalars are `type: [T, "null"]`. Saying that `three` "is not of types
+        // null, integer" is true but reads as if null were the fix; name only the real types.
+        ValidationErrorKind::Type {
+            kind: jsonschema::error::TypeKind::Multiple(types),
+        } if types.contains(jsonschema::JsonType::Null) => {
+            let wanted: Vec<String> = types
+                .into_iter()
+                .filter(|t| *t != jsonschema::JsonType::Null)
+                .map(|t| format!("{:?}", t.as_str()))
+                .collect();
+            let what = if wanted.len() == 1 { "type" } else { "types" };
+            out.push((
+                base,
+                Code::Schema,
+                format!("{} is not of {what} {}", err.instance(), wanted.join(", ")),
+            ));
+        }
         _ => out.push((base, Code::Schema, err.to_string())),
     }
 }
