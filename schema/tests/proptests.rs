@@ -204,14 +204,7 @@ fn count(v: &serde_json::Value) -> usize {
 
 #[test]
 fn billion_laughs_is_refused_by_the_alias_limit() {
-    let mut text = String::from(
-        "a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n",
-    );
-    let names = ["a", "b", "c", "d", "e", "f", "g", "h", "i"];
-    for w in names.windows(2) {
-        let refs = vec![format!("*{}", w[0]); 9].join(",");
-        text.push_str(&format!("{}: &{} [{refs}]\n", w[1], w[1]));
-    }
+    let text = coxswain_schema::yaml::alias_bomb(9, 9);
     let file = parse_file("bomb.yaml", text.as_bytes(), &Limits::default());
     assert_eq!(file.diagnostics.len(), 1);
     assert_eq!(file.diagnostics[0].code, Code::Limit);
