@@ -40,6 +40,8 @@ struct Report {
     bytes: u64,
     threads: usize,
     coxswain: Timing,
+    /// `coxswain validate DIR` as a whole process, when the binary is built next to this one.
+    cli: Option<Timing>,
     peer: Option<Peer>,
     speedup: Option<f64>,
     alias_bomb: Bomb,
@@ -198,6 +200,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         objects_per_sec: objects as f64 / median.as_secs_f64(),
     };
 
+    let cli = time_cli(&root, runs, objects)?;
     let peer = if args.no_peer {
         None
     } else {
@@ -213,6 +216,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         bytes,
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         coxswain: cox,
+        cli,
         peer,
         speedup,
         alias_bomb: bomb,
@@ -223,6 +227,42 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         print_text(&out);
     }
     Ok(())
+}
+
+/// The `coxswain` binary of the same build (same target folder), if there is one.
+fn coxswain_binary() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let bin = exe.parent()?.join("coxswain");
+    bin.is_file().then_some(bin)
+}
+
+/// Times `coxswain validate DIR` end to end: process start, schema compilation, loading,
+/// validation and output, as a user or a CI job runs it.
+fn time_cli(dir: &Path, runs: usize, objects: usize) -> anyhow::Result<Option<Timing>> {
+    let Some(bin) = coxswain_binary() else {
+        eprintln!("coxswain binary not built next to coxswain-bench; skipping the CLI timing");
+        return Ok(None);
+    };
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let started = Instant::now();
+        let out = Command::new(&bin).arg("validate").arg(dir).output()?;
+        times.push(started.elapsed());
+        if !out.status.success() {
+            bail!(
+                "coxswain validate failed: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+    }
+    times.sort();
+    let median = times[times.len() / 2];
+    Ok(Some(Timing {
+        runs,
+        median_ms: ms(median),
+        best_ms: ms(times[0]),
+        objects_per_sec: objects as f64 / median.as_secs_f64(),
+    }))
 }
 
 /// `kubernetes-validate --strict` as a user runs it, on the first `n` files (the namespace
@@ -292,6 +332,12 @@ fn print_text(r: &Report) {
         r.coxswain.runs,
         r.coxswain.best_ms
     );
+    if let Some(c) = &r.cli {
+        println!(
+            "{:<34} {:>9.1} ms {:>14.0}   (median of {}, best {:.1} ms)",
+            "coxswain validate DIR (process)", c.median_ms, c.objects_per_sec, c.runs, c.best_ms
+        );
+    }
     match &r.peer {
         Some(p) => {
             println!(
