@@ -1,5 +1,6 @@
 //! [`Tree`] over the tree of a Git commit, read from the object database with no checkout.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -12,6 +13,9 @@ use git2::{ObjectType, Oid, Repository};
 pub struct GitTree {
     repo: Mutex<Repository>,
     tree: Oid,
+    /// Blob ids by path, recorded by `entries`, so that `read` goes straight to the blob
+    /// instead of walking the path from the root tree again for every file.
+    blobs: Mutex<HashMap<String, Oid>>,
 }
 
 impl std::fmt::Debug for GitTree {
@@ -45,6 +49,7 @@ impl GitTree {
         Ok(Self {
             repo: Mutex::new(repo),
             tree,
+            blobs: Mutex::new(HashMap::new()),
         })
     }
 
@@ -74,6 +79,7 @@ impl Tree for GitTree {
         let tree = repo.find_tree(self.tree).map_err(|e| tree_err(".", e))?;
         let odb = repo.odb().map_err(|e| tree_err(".", e))?;
         let mut out = Vec::new();
+        let mut ids = HashMap::new();
         let mut failure = None;
         tree.walk(git2::TreeWalkMode::PreOrder, |dir, entry| {
             if entry.kind() != Some(ObjectType::Blob) {
@@ -107,6 +113,7 @@ impl Tree for GitTree {
                     return git2::TreeWalkResult::Abort;
                 }
             };
+            ids.insert(path.clone(), entry.id());
             out.push(TreeEntry { path, kind, size });
             git2::TreeWalkResult::Ok
         })
@@ -115,16 +122,30 @@ impl Tree for GitTree {
             return Err(e);
         }
         out.sort_by(|a, b| a.path.cmp(&b.path));
+        *self.blobs.lock().map_err(|e| tree_err(".", e))? = ids;
         Ok(out)
     }
 
     fn read(&self, path: &str) -> coxswain_schema::Result<Vec<u8>> {
+        let known = self
+            .blobs
+            .lock()
+            .map_err(|e| tree_err(path, e))?
+            .get(path)
+            .copied();
         let repo = self.repo.lock().map_err(|e| tree_err(path, e))?;
-        let tree = repo.find_tree(self.tree).map_err(|e| tree_err(path, e))?;
-        let entry = tree
-            .get_path(Path::new(path))
-            .map_err(|e| tree_err(path, e))?;
-        let blob = repo.find_blob(entry.id()).map_err(|e| tree_err(path, e))?;
+        let id = match known {
+            Some(id) => id,
+            // A path `entries` did not list (or `entries` was not called): look it up.
+            None => {
+                let tree = repo.find_tree(self.tree).map_err(|e| tree_err(path, e))?;
+                let entry = tree
+                    .get_path(Path::new(path))
+                    .map_err(|e| tree_err(path, e))?;
+                entry.id()
+            }
+        };
+        let blob = repo.find_blob(id).map_err(|e| tree_err(path, e))?;
         Ok(blob.content().to_vec())
     }
 }

@@ -761,29 +761,20 @@ mod tests {
     fn text_checks() {
         assert!(check_text(b"a: 1\n").is_ok());
         assert_eq!(check_text("\u{feff}a: 1".as_bytes()).unwrap(), "a: 1");
-        let e = check_text(b"a: 1\nb: \x07\n").unwrap_err();
-        assert!(
-            matches!(
-                e,
-                Error::Parse {
-                    line: 2,
-                    column: 4,
-                    ..
-                }
-            ),
-            "{e}"
-        );
-        let e = check_text(b"a: 1\nb: \xff\n").unwrap_err();
-        assert!(
-            matches!(
-                e,
-                Error::Parse {
-                    line: 2,
-                    column: 4,
-                    ..
-                }
-            ),
-            "{e}"
-        );
+        // A control character and an invalid UTF-8 byte, both at line 2, column 4.
+        for bad in [&b"a: 1\nb: \x07\n"[..], &b"a: 1\nb: \xff\n"[..]] {
+            let e = check_text(bad).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    Error::Parse {
+                        line: 2,
+                        column: 4,
+                        ..
+                    }
+                ),
+                "{e}"
+            );
+        }
     }
 }

@@ -2,13 +2,20 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
+use std::sync::OnceLock;
 
 use coxswain_schema::validate::parse_file;
 use coxswain_schema::yaml::{YamlLimits, parse_stream};
 use coxswain_schema::{Code, Limits};
 use proptest::prelude::*;
 
-fn corpus() -> Vec<(String, Vec<u8>)> {
+/// The valid corpus, read once for all cases.
+fn corpus() -> &'static [(String, Vec<u8>)] {
+    static CORPUS: OnceLock<Vec<(String, Vec<u8>)>> = OnceLock::new();
+    CORPUS.get_or_init(read_corpus)
+}
+
+fn read_corpus() -> Vec<(String, Vec<u8>)> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/valid");
     let mut out: Vec<_> = std::fs::read_dir(dir)
         .unwrap()

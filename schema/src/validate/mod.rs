@@ -202,6 +202,25 @@ fn file_diag(
     }
 }
 
+/// The `max_file_bytes` check, made from the listed size before reading and again in
+/// [`parse_file`], which can be called on its own.
+fn file_too_big(path: &str, size: u64, limits: &Limits) -> Option<Diagnostic> {
+    (size > limits.max_file_bytes).then(|| {
+        file_diag(
+            path,
+            Code::Limit,
+            1,
+            1,
+            format!(
+                "file is {}, more than the {} allowed (limit max_file_bytes)",
+                mib(size),
+                mib(limits.max_file_bytes)
+            ),
+            None,
+        )
+    })
+}
+
 fn mib(bytes: u64) -> String {
     if bytes >= 1024 * 1024 {
         format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
@@ -267,19 +286,8 @@ pub fn validate_tree(tree: &dyn Tree, limits: &Limits) -> Report {
                     ));
                     return report;
                 }
-                if entry.size > limits.max_file_bytes {
-                    report.diagnostics.push(file_diag(
-                        &entry.path,
-                        Code::Limit,
-                        1,
-                        1,
-                        format!(
-                            "file is {}, more than the {} allowed (limit max_file_bytes)",
-                            mib(entry.size),
-                            mib(limits.max_file_bytes)
-                        ),
-                        None,
-                    ));
+                if let Some(d) = file_too_big(&entry.path, entry.size, limits) {
+                    report.diagnostics.push(d);
                     continue;
                 }
                 total = total.saturating_add(entry.size);
@@ -382,19 +390,8 @@ pub fn parse_file(path: &str, bytes: &[u8], limits: &Limits) -> ParsedFile {
         diagnostics: Vec::new(),
         nodes: OnceLock::new(),
     };
-    if bytes.len() as u64 > limits.max_file_bytes {
-        file.diagnostics.push(file_diag(
-            path,
-            Code::Limit,
-            1,
-            1,
-            format!(
-                "file is {}, more than the {} allowed (limit max_file_bytes)",
-                mib(bytes.len() as u64),
-                mib(limits.max_file_bytes)
-            ),
-            None,
-        ));
+    if let Some(d) = file_too_big(path, bytes.len() as u64, limits) {
+        file.diagnostics.push(d);
         return file;
     }
     let text = match yaml::check_text(bytes) {

@@ -45,23 +45,11 @@ pub(crate) fn check_tree(files: &[ParsedFile]) -> Vec<Diagnostic> {
             }
             match &d.object {
                 Some(Object::ConfigMap(cm)) => {
-                    let set: HashSet<&str> = cm
-                        .data
-                        .iter()
-                        .flat_map(|m| m.keys())
-                        .chain(cm.binary_data.iter().flat_map(|m| m.keys()))
-                        .map(String::as_str)
-                        .collect();
+                    let set = key_set(&cm.data, &cm.binary_data);
                     keys.insert(("ConfigMap", ns, &id.name), set);
                 }
                 Some(Object::Secret(s)) => {
-                    let set: HashSet<&str> = s
-                        .data
-                        .iter()
-                        .flat_map(|m| m.keys())
-                        .chain(s.string_data.iter().flat_map(|m| m.keys()))
-                        .map(String::as_str)
-                        .collect();
+                    let set = key_set(&s.data, &s.string_data);
                     keys.insert(("Secret", ns, &id.name), set);
                 }
                 _ => {}
@@ -135,6 +123,18 @@ pub(crate) fn check_tree(files: &[ParsedFile]) -> Vec<Diagnostic> {
         }
     }
     out
+}
+
+/// The keys of a ConfigMap's or Secret's two data maps.
+fn key_set<'a, V, W>(
+    a: &'a Option<BTreeMap<String, V>>,
+    b: &'a Option<BTreeMap<String, W>>,
+) -> HashSet<&'a str> {
+    a.iter()
+        .flat_map(|m| m.keys())
+        .chain(b.iter().flat_map(|m| m.keys()))
+        .map(String::as_str)
+        .collect()
 }
 
 /// The pod spec inside a kind, with its JSON pointer.
