@@ -42,6 +42,9 @@ struct Report {
     coxswain: Timing,
     /// `coxswain validate DIR` as a whole process, when the binary is built next to this one.
     cli: Option<Timing>,
+    /// saphyr-parser's events alone over the same files, with no tree, schema or checks: the
+    /// floor under any validator built on that parser.
+    tokenize: Tokenize,
     peer: Option<Peer>,
     speedup: Option<f64>,
     alias_bomb: Bomb,
@@ -53,6 +56,15 @@ struct Timing {
     median_ms: f64,
     best_ms: f64,
     objects_per_sec: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct Tokenize {
+    /// All files on this many threads, as `validate_tree` spreads them.
+    threads: Timing,
+    /// All files on one thread.
+    one_thread: Timing,
+    one_thread_mb_per_sec: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -200,6 +212,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         objects_per_sec: objects as f64 / median.as_secs_f64(),
     };
 
+    let tokenize = time_tokenize(&paths, runs, objects, bytes)?;
     let cli = time_cli(&root, runs, objects)?;
     let peer = if args.no_peer {
         None
@@ -217,6 +230,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         coxswain: cox,
         cli,
+        tokenize,
         peer,
         speedup,
         alias_bomb: bomb,
@@ -227,6 +241,58 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         print_text(&out);
     }
     Ok(())
+}
+
+/// Pulls every YAML event out of each file and drops it: what saphyr-parser costs before
+/// coxswain does anything with the events.
+fn time_tokenize(
+    paths: &[PathBuf],
+    runs: usize,
+    objects: usize,
+    bytes: u64,
+) -> anyhow::Result<Tokenize> {
+    use rayon::prelude::*;
+    let texts = paths
+        .iter()
+        .map(std::fs::read_to_string)
+        .collect::<std::io::Result<Vec<String>>>()?;
+    let events = |text: &String| -> Result<usize, saphyr_parser::ScanError> {
+        let mut n = 0;
+        for ev in saphyr_parser::Parser::new_from_str(text) {
+            ev?;
+            n += 1;
+        }
+        Ok(n)
+    };
+    let timing = |parallel: bool| -> anyhow::Result<Timing> {
+        let mut times = Vec::with_capacity(runs);
+        for _ in 0..runs {
+            let started = Instant::now();
+            let n: usize = if parallel {
+                texts.par_iter().map(events).sum::<Result<usize, _>>()?
+            } else {
+                texts.iter().map(events).sum::<Result<usize, _>>()?
+            };
+            times.push(started.elapsed());
+            std::hint::black_box(n);
+        }
+        times.sort();
+        let median = times[times.len() / 2];
+        Ok(Timing {
+            runs,
+            median_ms: ms(median),
+            best_ms: ms(times[0]),
+            objects_per_sec: objects as f64 / median.as_secs_f64(),
+        })
+    };
+    let threads = timing(true)?;
+    let one_thread = timing(false)?;
+    let one_thread_mb_per_sec = bytes as f64 / 1e6 / (one_thread.median_ms / 1000.0);
+    Ok(Tokenize {
+        threads,
+        one_thread,
+        one_thread_mb_per_sec,
+    })
 }
 
 /// The `coxswain` binary of the same build (same target folder), if there is one.
@@ -338,6 +404,15 @@ fn print_text(r: &Report) {
             "coxswain validate DIR (process)", c.median_ms, c.objects_per_sec, c.runs, c.best_ms
         );
     }
+    let t = &r.tokenize;
+    println!(
+        "{:<34} {:>9.1} ms {:>14.0}   (one thread: {:.1} ms, {:.1} MB/s; no validation at all)",
+        "YAML events alone (saphyr-parser)",
+        t.threads.median_ms,
+        t.threads.objects_per_sec,
+        t.one_thread.median_ms,
+        t.one_thread_mb_per_sec
+    );
     match &r.peer {
         Some(p) => {
             println!(
