@@ -3,6 +3,7 @@
 //! answer such as "invalid", 2 a usage or I/O error).
 
 mod gittree;
+mod server;
 mod validate;
 
 use std::process::ExitCode;
@@ -29,6 +30,8 @@ struct Cli {
 enum Command {
     /// Validate a folder of manifests, or a commit of the Git repository it is in.
     Validate(validate::Args),
+    /// Run one member of the replicated store.
+    Server(server::Args),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +46,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Validate(args) => validate::run(&args),
+        Command::Server(args) => server::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,78 @@
+use crate::types::Revision;
+
+/// Every way a store call can fail. Input errors (`TooLarge`, `TooManyOps`, `InvalidKey`,
+/// `InvalidValue`, `BadContinue`) are refused before anything is proposed, so they never
+/// reach the log.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("rocksdb: {context}: {source}")]
+    Rocks {
+        context: &'static str,
+        #[source]
+        source: rocksdb::Error,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("corrupt {what}: {reason}")]
+    Corrupt { what: &'static str, reason: String },
+    #[error(
+        "revision {requested} has been compacted (history starts after revision {compacted}); list again and watch from the list's revision"
+    )]
+    Compacted {
+        requested: Revision,
+        compacted: Revision,
+    },
+    #[error("value of {key} is {size} bytes, over the limit of {limit} bytes")]
+    TooLarge {
+        key: String,
+        size: usize,
+        limit: usize,
+    },
+    #[error("transaction has {count} ops, over the limit of {limit}")]
+    TooManyOps { count: usize, limit: usize },
+    #[error("invalid key {key:?}: {reason}")]
+    InvalidKey { key: String, reason: &'static str },
+    #[error("invalid value for {key}: {reason}")]
+    InvalidValue { key: String, reason: &'static str },
+    #[error("invalid continue token: {0}")]
+    BadContinue(&'static str),
+    #[error("this member is not the leader{}", leader_hint(.leader))]
+    NotLeader { leader: Option<(u64, String)> },
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("the store is shutting down")]
+    Stopped,
+    #[error("request to {url} failed: {reason}")]
+    Transport { url: String, reason: String },
+    #[error("{status}: {message}")]
+    Remote { status: u16, message: String },
+    #[error("unauthorized: missing or wrong cluster token")]
+    Unauthorized,
+}
+
+fn leader_hint(leader: &Option<(u64, String)>) -> String {
+    match leader {
+        Some((id, addr)) => format!(" (leader is member {id} at {addr})"),
+        None => " (no leader known yet)".into(),
+    }
+}
+
+impl Error {
+    pub(crate) fn rocks(context: &'static str) -> impl FnOnce(rocksdb::Error) -> Error {
+        move |source| Error::Rocks { context, source }
+    }
+
+    /// Whether retrying the same call later (possibly against another member) may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Error::NotLeader { .. } | Error::Transport { .. } | Error::Stopped | Error::Raft(_)
+        ) || matches!(self, Error::Remote { status, .. } if *status >= 500)
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,265 @@
+//! The Raft log on RocksDB (openraft's `RaftLogStorage`).
+//!
+//! Durability: an append is written to RocksDB without sync, then handed to one flusher
+//! thread that fsyncs the WAL and only then tells openraft the entries are on disk. Appends
+//! that arrive while an fsync runs wait for the next one together, so concurrent writers
+//! share fsyncs instead of queueing one each (group commit). The vote and log purges are
+//! synced before the call returns.
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+use std::sync::mpsc;
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{AnyError, ErrorSubject, ErrorVerb, RaftLogReader, StorageIOError};
+use rocksdb::{DB, Direction, IteratorMode, WriteBatch, WriteOptions};
+
+use crate::db::{CF_LOG_META, CF_LOGS, be, cf, from_be};
+use crate::error::{Error, Result};
+use crate::types::{Entry, LogId, NodeId, StorageError, TypeConfig, Vote};
+
+const KEY_VOTE: &[u8] = b"vote";
+const KEY_LAST_PURGED: &[u8] = b"last_purged";
+const KEY_COMMITTED: &[u8] = b"committed";
+
+#[derive(Clone)]
+pub struct LogStore {
+    db: Arc<DB>,
+    flusher: mpsc::Sender<LogFlushed<TypeConfig>>,
+}
+
+impl std::fmt::Debug for LogStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogStore").finish_non_exhaustive()
+    }
+}
+
+fn io_err(
+    subject: ErrorSubject<NodeId>,
+    verb: ErrorVerb,
+    e: &(impl std::error::Error + 'static),
+) -> StorageError {
+    StorageIOError::new(subject, verb, AnyError::new(e)).into()
+}
+
+fn read_logs_err(e: &(impl std::error::Error + 'static)) -> StorageError {
+    StorageIOError::read_logs(AnyError::new(e)).into()
+}
+
+fn write_logs_err(e: &(impl std::error::Error + 'static)) -> StorageError {
+    StorageIOError::write_logs(AnyError::new(e)).into()
+}
+
+fn synced() -> WriteOptions {
+    let mut w = WriteOptions::default();
+    w.set_sync(true);
+    w
+}
+
+impl LogStore {
+    pub fn new(db: Arc<DB>) -> Self {
+        let (tx, rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
+        let flush_db = db.clone();
+        // A plain thread, not a tokio task: fsync blocks, and it must not take a runtime
+        // worker away from the Raft core. It ends when the last LogStore clone is dropped.
+        std::thread::Builder::new()
+            .name("raft-log-flush".into())
+            .spawn(move || flusher(flush_db, rx))
+            .map(|_| ())
+            .unwrap_or_else(|e| tracing::error!("cannot start the log flusher: {e}"));
+        LogStore { db, flusher: tx }
+    }
+
+    fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>> {
+        let cf = cf(&self.db, CF_LOG_META)?;
+        match self
+            .db
+            .get_cf(cf, key)
+            .map_err(Error::rocks("read log meta"))?
+        {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| Error::Corrupt {
+                    what: "log meta",
+                    reason: e.to_string(),
+                }),
+        }
+    }
+
+    fn put_meta_synced<T: serde::Serialize>(&self, key: &[u8], value: &T) -> Result<()> {
+        let cf = cf(&self.db, CF_LOG_META)?;
+        let bytes = serde_json::to_vec(value).map_err(|e| Error::Corrupt {
+            what: "log meta",
+            reason: e.to_string(),
+        })?;
+        self.db
+            .put_cf_opt(cf, key, bytes, &synced())
+            .map_err(Error::rocks("write log meta"))
+    }
+
+    fn last_entry_log_id(&self) -> Result<Option<LogId>> {
+        let cf = cf(&self.db, CF_LOGS)?;
+        let mut it = self.db.iterator_cf(cf, IteratorMode::End);
+        match it.next() {
+            None => Ok(None),
+            Some(Err(e)) => Err(Error::rocks("read log")(e)),
+            Some(Ok((_, value))) => {
+                let entry: Entry = serde_json::from_slice(&value).map_err(|e| Error::Corrupt {
+                    what: "log entry",
+                    reason: e.to_string(),
+                })?;
+                Ok(Some(entry.log_id))
+            }
+        }
+    }
+}
+
+fn flusher(db: Arc<DB>, rx: mpsc::Receiver<LogFlushed<TypeConfig>>) {
+    while let Ok(first) = rx.recv() {
+        let mut waiting = vec![first];
+        waiting.extend(rx.try_iter());
+        let result = db.flush_wal(true);
+        for cb in waiting {
+            let r = match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(std::io::Error::other(e.to_string())),
+            };
+            cb.log_io_completed(r);
+        }
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let start = match range.start_bound() {
+            Bound::Included(&n) => n,
+            Bound::Excluded(&n) => n.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let cf = cf(&self.db, CF_LOGS).map_err(|e| read_logs_err(&e))?;
+        let mut out = Vec::new();
+        let start_key = be(start);
+        for item in self
+            .db
+            .iterator_cf(cf, IteratorMode::From(&start_key, Direction::Forward))
+        {
+            let (key, value) = item.map_err(|e| read_logs_err(&e))?;
+            let index = from_be(&key).map_err(|e| read_logs_err(&e))?;
+            if !range.contains(&index) {
+                break;
+            }
+            let entry: Entry = serde_json::from_slice(&value).map_err(|e| read_logs_err(&e))?;
+            out.push(entry);
+        }
+        Ok(out)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged: Option<LogId> = self
+            .get_meta(KEY_LAST_PURGED)
+            .map_err(|e| read_logs_err(&e))?;
+        // After a crash between the two writes of `purge`, entries at or below the purge
+        // point may still be on disk; the purge point wins.
+        let last = match (
+            self.last_entry_log_id().map_err(|e| read_logs_err(&e))?,
+            last_purged,
+        ) {
+            (Some(e), Some(p)) if e.index <= p.index => Some(p),
+            (e, p) => e.or(p),
+        };
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id: last,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        self.put_meta_synced(KEY_VOTE, vote)
+            .map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, &e))
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        self.get_meta(KEY_VOTE)
+            .map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Read, &e))
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        // Not synced: openraft treats the committed id as a hint that lets a restarted member
+        // re-apply what it already knew was committed before it hears from a leader.
+        let cf = cf(&self.db, CF_LOG_META).map_err(|e| write_logs_err(&e))?;
+        let bytes = serde_json::to_vec(&committed).map_err(|e| write_logs_err(&e))?;
+        self.db
+            .put_cf(cf, KEY_COMMITTED, bytes)
+            .map_err(|e| write_logs_err(&e))
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self
+            .get_meta::<Option<LogId>>(KEY_COMMITTED)
+            .map_err(|e| read_logs_err(&e))?
+            .flatten())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let cf = cf(&self.db, CF_LOGS).map_err(|e| write_logs_err(&e))?;
+        let mut batch = WriteBatch::default();
+        for entry in entries {
+            let bytes = serde_json::to_vec(&entry).map_err(|e| write_logs_err(&e))?;
+            batch.put_cf(cf, be(entry.log_id.index), bytes);
+        }
+        self.db.write(batch).map_err(|e| write_logs_err(&e))?;
+        // Durable only once the flusher has synced the WAL; it calls back then.
+        if let Err(mpsc::SendError(cb)) = self.flusher.send(callback) {
+            // The flusher is gone (it could not start): sync here rather than lie.
+            let r = self
+                .db
+                .flush_wal(true)
+                .map_err(|e| std::io::Error::other(e.to_string()));
+            cb.log_io_completed(r);
+        }
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let cf = cf(&self.db, CF_LOGS).map_err(|e| write_logs_err(&e))?;
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(cf, be(log_id.index), be(u64::MAX));
+        self.db
+            .write_opt(batch, &synced())
+            .map_err(|e| write_logs_err(&e))
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // The purge point is recorded first: if we crash between the two writes, the log
+        // state still says the entries are gone, which is what openraft already decided.
+        self.put_meta_synced(KEY_LAST_PURGED, &log_id)
+            .map_err(|e| write_logs_err(&e))?;
+        let cf = cf(&self.db, CF_LOGS).map_err(|e| write_logs_err(&e))?;
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(cf, be(0), be(log_id.index.saturating_add(1)));
+        self.db
+            .write_opt(batch, &synced())
+            .map_err(|e| write_logs_err(&e))
+    }
+}

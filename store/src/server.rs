@@ -1,0 +1,198 @@
+//! The internal HTTP RPC of a member (axum): Raft messages, the `Kv` API (forwarded to the
+//! leader when this member cannot answer), watch streams as newline-delimited JSON, and
+//! membership. Every request must carry the cluster token.
+//!
+//! `serve` takes a bound listener and a shutdown future, so tests bind port 0.
+
+use std::future::Future;
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures::StreamExt;
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tracing::Instrument;
+
+use crate::client::{
+    GetRequest, GetResponse, JoinRequest, ListRequest, WatchLine, WatchRequest, WireError,
+};
+use crate::error::Error;
+use crate::member::{Kv, Member};
+use crate::types::{NodeId, Txn, TypeConfig};
+
+struct ApiError(Error);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, wire) = WireError::from_error(&self.0);
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, Json(wire)).into_response()
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        ApiError(e)
+    }
+}
+
+type ApiResult<T> = Result<Json<T>, ApiError>;
+
+pub fn router(member: Member) -> Router {
+    let limit = member.limits().max_request_bytes;
+    Router::new()
+        .route("/raft/append", post(append))
+        .route("/raft/vote", post(vote))
+        .route("/raft/snapshot", post(snapshot))
+        .route("/v1/get", post(get_key))
+        .route("/v1/list", post(list))
+        .route("/v1/txn", post(txn))
+        .route("/v1/watch", post(watch))
+        .route("/cluster/join", post(join))
+        .route("/cluster/remove", post(remove))
+        .route("/cluster/status", get(status))
+        .layer(middleware::from_fn_with_state(member.clone(), auth))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(member)
+}
+
+/// Serves until `shutdown` completes. Then the member stops (its watch streams end, so
+/// their connections can close), and the server waits for the requests in flight.
+pub async fn serve(
+    listener: TcpListener,
+    member: Member,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(member.clone());
+    let stopping = member.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            if let Err(e) = stopping.shutdown().await {
+                tracing::warn!("raft shutdown: {e}");
+            }
+        })
+        .await
+}
+
+async fn auth(State(member): State<Member>, req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !member.token_matches(given) {
+        return ApiError(Error::Unauthorized).into_response();
+    }
+    let span = tracing::debug_span!("request", path = %req.uri().path(), member = member.id());
+    next.run(req).instrument(span).await
+}
+
+/// Raft answers travel as `Result` in a 200, so openraft's own error reaches the caller.
+fn raft_answer<T: Serialize, E: Serialize>(r: Result<T, E>) -> Json<Result<T, E>> {
+    Json(r)
+}
+
+async fn append(
+    State(m): State<Member>,
+    Json(req): Json<AppendEntriesRequest<TypeConfig>>,
+) -> impl IntoResponse {
+    raft_answer(m.raft().append_entries(req).await)
+}
+
+async fn vote(State(m): State<Member>, Json(req): Json<VoteRequest<NodeId>>) -> impl IntoResponse {
+    raft_answer(m.raft().vote(req).await)
+}
+
+async fn snapshot(
+    State(m): State<Member>,
+    Json(req): Json<InstallSnapshotRequest<TypeConfig>>,
+) -> impl IntoResponse {
+    raft_answer(m.raft().install_snapshot(req).await)
+}
+
+async fn get_key(State(m): State<Member>, Json(req): Json<GetRequest>) -> ApiResult<GetResponse> {
+    let (revision, kv) = m.get(&req.key, req.consistency).await?;
+    Ok(Json(GetResponse { revision, kv }))
+}
+
+async fn list(State(m): State<Member>, Json(req): Json<ListRequest>) -> ApiResult<crate::ListPage> {
+    Ok(Json(
+        m.list(
+            &req.prefix,
+            req.limit,
+            req.continue_token.as_deref(),
+            req.consistency,
+        )
+        .await?,
+    ))
+}
+
+async fn txn(State(m): State<Member>, Json(req): Json<Txn>) -> ApiResult<crate::TxnResult> {
+    Ok(Json(m.txn(req).await?))
+}
+
+async fn watch(
+    State(m): State<Member>,
+    Json(req): Json<WatchRequest>,
+) -> Result<Response, ApiError> {
+    let stream = m.watch(&req.prefix, req.from, req.prev).await?;
+    let lines = tokio_stream::wrappers::ReceiverStream::new(stream).map(|item| {
+        let line = match item {
+            Ok(b) => WatchLine::Batch(b),
+            Err(e) => WatchLine::Error(WireError::from_error(&e).1),
+        };
+        let mut bytes = serde_json::to_vec(&line).unwrap_or_else(|_| b"{}".to_vec());
+        bytes.push(b'\n');
+        Ok::<_, std::convert::Infallible>(bytes)
+    });
+    Ok(Response::builder()
+        .header(header::CONTENT_TYPE, "application/x-ndjson")
+        .body(Body::from_stream(lines))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()))
+}
+
+async fn join(State(m): State<Member>, Json(req): Json<JoinRequest>) -> ApiResult<()> {
+    m.add_member(req.id, &req.addr).await?;
+    Ok(Json(()))
+}
+
+#[derive(serde::Deserialize)]
+struct RemoveRequest {
+    id: NodeId,
+}
+
+async fn remove(State(m): State<Member>, Json(req): Json<RemoveRequest>) -> ApiResult<()> {
+    m.remove_member(req.id).await?;
+    Ok(Json(()))
+}
+
+#[derive(Serialize)]
+struct Status {
+    id: NodeId,
+    leader: Option<NodeId>,
+    term: u64,
+    applied: u64,
+    voters: Vec<NodeId>,
+    learners: Vec<NodeId>,
+}
+
+async fn status(State(m): State<Member>) -> Json<Status> {
+    let metrics = m.raft().metrics().borrow().clone();
+    let membership = metrics.membership_config.membership();
+    Json(Status {
+        id: m.id(),
+        leader: metrics.current_leader,
+        term: metrics.current_term,
+        applied: m.applied(),
+        voters: membership.voter_ids().collect(),
+        learners: membership.learner_ids().collect(),
+    })
+}

@@ -1,0 +1,273 @@
+//! The data model: what a client sends (`Txn`), what goes into one Raft entry (`Request`), and
+//! what comes back (`TxnResult`, `KeyValue`, watch `Event`s). The openraft type configuration
+//! is declared here once; everything else uses the aliases.
+
+use std::fmt;
+
+use openraft::BasicNode;
+use serde::{Deserialize, Serialize};
+
+openraft::declare_raft_types!(
+    /// The openraft type configuration of the store.
+    pub TypeConfig:
+        D = Request,
+        R = Response,
+        NodeId = u64,
+        Node = BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        // A snapshot lives in a file from the moment it is built or received, so a snapshot of
+        // any size is streamed, never held whole in memory.
+        SnapshotData = tokio::fs::File,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+pub type NodeId = u64;
+pub type Raft = openraft::Raft<TypeConfig>;
+pub type Entry = openraft::Entry<TypeConfig>;
+pub type LogId = openraft::LogId<NodeId>;
+pub type Vote = openraft::Vote<NodeId>;
+pub type StoredMembership = openraft::StoredMembership<NodeId, BasicNode>;
+pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, BasicNode>;
+pub type StorageError = openraft::StorageError<NodeId>;
+
+/// A revision is the index of the Raft log entry that made a change. 0 means "never written".
+pub type Revision = u64;
+
+/// One Raft entry's worth of client transactions. The batcher packs concurrent transactions
+/// whose writes touch different keys into one entry, so they share one fsync and one revision
+/// without two writes of the same key ever sharing a revision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    pub txns: Vec<Txn>,
+}
+
+impl fmt::Display for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} txn(s)", self.txns.len())
+    }
+}
+
+/// One result per transaction of the entry, in order.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    pub results: Vec<TxnResult>,
+}
+
+/// If every compare holds, `success` is applied, else `failure`; all in one Raft entry, so
+/// all or nothing. A compare-and-swap is a `ModRevision` compare with one put.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Txn {
+    #[serde(default)]
+    pub compares: Vec<Compare>,
+    #[serde(default)]
+    pub success: Vec<Op>,
+    #[serde(default)]
+    pub failure: Vec<Op>,
+}
+
+impl Txn {
+    /// An unconditional put.
+    pub fn put(key: impl Into<String>, value: serde_json::Value) -> Self {
+        Txn {
+            success: vec![Op::Put {
+                key: key.into(),
+                value,
+            }],
+            ..Txn::default()
+        }
+    }
+
+    /// Put only if the key's current `mod_revision` is `revision` (0: only if absent).
+    pub fn compare_and_swap(
+        key: impl Into<String>,
+        revision: Revision,
+        value: serde_json::Value,
+    ) -> Self {
+        let key = key.into();
+        Txn {
+            compares: vec![Compare {
+                key: key.clone(),
+                target: Target::ModRevision,
+                op: CmpOp::Equal,
+                value: revision,
+            }],
+            success: vec![Op::Put { key, value }],
+            failure: Vec::new(),
+        }
+    }
+
+    /// An unconditional delete.
+    pub fn delete(key: impl Into<String>) -> Self {
+        Txn {
+            success: vec![Op::Delete { key: key.into() }],
+            ..Txn::default()
+        }
+    }
+
+    /// Every key either branch may write.
+    pub fn written_keys(&self) -> impl Iterator<Item = &str> {
+        self.success.iter().chain(&self.failure).map(Op::key)
+    }
+}
+
+/// Compares a key's revision with a number. An absent key has revision 0 on both targets, as
+/// in etcd, so `ModRevision == 0` means "does not exist" and `ModRevision > 0` "exists".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compare {
+    pub key: String,
+    pub target: Target,
+    pub op: CmpOp,
+    pub value: Revision,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    ModRevision,
+    CreateRevision,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CmpOp {
+    Equal,
+    NotEqual,
+    Less,
+    Greater,
+}
+
+impl CmpOp {
+    pub fn holds(self, actual: Revision, expected: Revision) -> bool {
+        match self {
+            CmpOp::Equal => actual == expected,
+            CmpOp::NotEqual => actual != expected,
+            CmpOp::Less => actual < expected,
+            CmpOp::Greater => actual > expected,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    /// Creates or replaces the object. If it is a JSON object with a `metadata` object, the
+    /// store sets `metadata.resourceVersion` to the revision of this write.
+    Put {
+        key: String,
+        value: serde_json::Value,
+    },
+    Delete {
+        key: String,
+    },
+}
+
+impl Op {
+    pub fn key(&self) -> &str {
+        match self {
+            Op::Put { key, .. } | Op::Delete { key } => key,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnResult {
+    /// Whether the compares held (so `success` ran rather than `failure`).
+    pub succeeded: bool,
+    /// The revision of the entry: the new `mod_revision` of every key this txn wrote, and the
+    /// store's revision right after it.
+    pub revision: Revision,
+    /// Per op of the branch that ran: for a delete, whether the key existed.
+    pub deleted: Vec<bool>,
+}
+
+/// A stored object with its revisions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyValue {
+    pub key: String,
+    pub value: serde_json::Value,
+    /// The revision of the write that created the key (since it last did not exist).
+    pub create_revision: Revision,
+    /// The revision of the last write, equal to `metadata.resourceVersion`.
+    pub mod_revision: Revision,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    Put,
+    Delete,
+}
+
+/// One change. For a delete, `kv.value` is null and `kv.mod_revision` is the delete's revision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub kind: EventKind,
+    pub kv: KeyValue,
+    /// The value before this change, if the watcher asked for it and the key existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prev: Option<KeyValue>,
+}
+
+/// All events of one revision that match a watch, delivered together and in revision order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WatchBatch {
+    pub revision: Revision,
+    pub events: Vec<Event>,
+}
+
+/// How a read is served.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Consistency {
+    /// Confirmed with a quorum through openraft's read index, then served once this member
+    /// has applied that far: never stale.
+    #[default]
+    Linearizable,
+    /// This member's state as it is: fast, possibly behind the leader.
+    Serializable,
+}
+
+/// One page of a list, read at one revision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ListPage {
+    pub revision: Revision,
+    pub items: Vec<KeyValue>,
+    /// Pass back to get the next page at the same revision; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continue_token: Option<String>,
+}
+
+/// The store key of an object: `/{group}/{kind}/{namespace}/{name}`, or
+/// `/{group}/{kind}/{name}` for a cluster-scoped kind. The core group is spelled `core`.
+pub fn object_key(group: &str, kind: &str, namespace: Option<&str>, name: &str) -> String {
+    let group = if group.is_empty() { "core" } else { group };
+    match namespace {
+        Some(ns) => format!("/{group}/{kind}/{ns}/{name}"),
+        None => format!("/{group}/{kind}/{name}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_follow_group_kind_namespace_name() {
+        assert_eq!(
+            object_key("apps", "Deployment", Some("web"), "api"),
+            "/apps/Deployment/web/api"
+        );
+        assert_eq!(
+            object_key("", "Namespace", None, "web"),
+            "/core/Namespace/web"
+        );
+    }
+
+    #[test]
+    fn absent_key_compares_as_revision_zero() {
+        assert!(CmpOp::Equal.holds(0, 0));
+        assert!(!CmpOp::Greater.holds(0, 0));
+        assert!(CmpOp::Less.holds(3, 5));
+        assert!(CmpOp::NotEqual.holds(3, 5));
+    }
+}
