@@ -56,6 +56,21 @@ pub struct JoinRequest {
     pub addr: String,
 }
 
+/// What `GET /cluster/status` answers: this member's view of the cluster.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub id: u64,
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub applied: u64,
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+    /// Last log index covered by this member's snapshot, if it has one.
+    pub snapshot: Option<u64>,
+    /// Last log index purged from this member's log.
+    pub purged: Option<u64>,
+}
+
 /// One line of a watch response.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 use tracing::Instrument;
 
 use crate::client::{
-    GetRequest, GetResponse, JoinRequest, ListRequest, WatchLine, WatchRequest, WireError,
+    GetRequest, GetResponse, JoinRequest, ListRequest, Status, WatchLine, WatchRequest, WireError,
 };
 use crate::error::Error;
 use crate::member::{Kv, Member};
@@ -174,16 +174,6 @@ async fn remove(State(m): State<Member>, Json(req): Json<RemoveRequest>) -> ApiR
     Ok(Json(()))
 }
 
-#[derive(Serialize)]
-struct Status {
-    id: NodeId,
-    leader: Option<NodeId>,
-    term: u64,
-    applied: u64,
-    voters: Vec<NodeId>,
-    learners: Vec<NodeId>,
-}
-
 async fn status(State(m): State<Member>) -> Json<Status> {
     let metrics = m.raft().metrics().borrow().clone();
     let membership = metrics.membership_config.membership();
@@ -194,5 +184,7 @@ async fn status(State(m): State<Member>) -> Json<Status> {
         applied: m.applied(),
         voters: membership.voter_ids().collect(),
         learners: membership.learner_ids().collect(),
+        snapshot: metrics.snapshot.map(|l| l.index),
+        purged: metrics.purged.map(|l| l.index),
     })
 }
