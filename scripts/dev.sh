@@ -8,8 +8,10 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 
 # Debian packages: libclang-dev for RocksDB's bindgen, busybox-static for the example
-# images, git for the Git source and its tests, python3-pip for the parity script.
-APT_PACKAGES=(libclang-dev clang busybox-static git python3 python3-pip pkg-config)
+# images, git for the Git source and its tests, python3-pip for the parity script,
+# etcd-server (the peer of the store benchmark) and protobuf-compiler (etcd-client builds its
+# gRPC code with protoc).
+APT_PACKAGES=(libclang-dev clang busybox-static git python3 python3-pip pkg-config etcd-server protobuf-compiler)
 # The Python peer used by the parity script and the validate benchmark.
 PIP_PACKAGES=(kubernetes-validate==1.37.0)
 
@@ -82,6 +84,8 @@ cmd_test() {
     # docs/benchmarks.md come from release builds.
     log "coxswain-bench validate --quick (smoke run)"
     cargo run --locked -p coxswain-bench -- validate --quick
+    log "coxswain-bench store --quick (smoke run, beside etcd)"
+    cargo run --locked -p coxswain-bench -- store --quick
     log "all tests passed"
 }
 

@@ -3,6 +3,7 @@
 //! `--quick` (done within a minute, used by the test suite) and `--json`.
 
 mod generate;
+mod store;
 mod validate;
 
 use clap::{Parser, Subcommand};
@@ -24,10 +25,14 @@ enum Command {
     /// Validate a generated repository (10,000 objects in 1,000 files), against
     /// `kubernetes-validate --strict` on the same files.
     Validate(validate::Args),
+    /// Put throughput and latency of the replicated store (1, 16, 256 clients; 1 and 3
+    /// members), against etcd driven by the same load generator, plus memory after many writes.
+    Store(store::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Validate(args) => validate::run(&args),
+        Command::Store(args) => store::run(&args),
     }
 }
