@@ -73,19 +73,23 @@ cmd_test() {
     pick_target_dir
     log "cargo fmt --check"
     cargo fmt --all -- --check
+    # Every cargo call below selects the same packages and targets (--workspace, all
+    # targets), so Cargo resolves the same features each time and RocksDB's C++ is compiled
+    # once, not once per differently-unified build.
     log "cargo clippy --all-targets -- -D warnings"
     cargo clippy --locked --workspace --all-targets -- -D warnings
+    log "cargo build (all targets)"
+    cargo build --locked --workspace --all-targets
     log "cargo test"
     cargo test --locked --workspace
     log "parity with kubernetes-validate --strict"
-    cargo build --locked --bin coxswain
     python3 tests/parity/k8s_parity.py --coxswain "$TARGET_DIR/debug/coxswain"
-    # A smoke run of the benchmark (debug build, to spare CI a release build); the numbers in
-    # docs/benchmarks.md come from release builds.
+    # Smoke runs of the benchmarks (debug build, to spare CI a release build); the numbers
+    # in docs/benchmarks.md come from release builds.
     log "coxswain-bench validate --quick (smoke run)"
-    cargo run --locked -p coxswain-bench -- validate --quick
+    "$TARGET_DIR/debug/coxswain-bench" validate --quick
     log "coxswain-bench store --quick (smoke run, beside etcd)"
-    cargo run --locked -p coxswain-bench -- store --quick
+    "$TARGET_DIR/debug/coxswain-bench" store --quick
     log "all tests passed"
 }
 

@@ -244,6 +244,38 @@ impl Peer {
         })
     }
 
+    /// The member's view of the cluster (`GET /cluster/status`).
+    pub async fn status(&self, addr: &str) -> Result<Status> {
+        let target = url(addr, "/cluster/status");
+        let transport = |e: reqwest::Error| Error::Transport {
+            url: target.clone(),
+            reason: e.to_string(),
+        };
+        let resp = self
+            .http
+            .get(&target)
+            .bearer_auth(&*self.token)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .map_err(transport)?;
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.map_err(transport)?;
+        if status != 200 {
+            return Err(match serde_json::from_slice::<WireError>(&bytes) {
+                Ok(w) => w.into_error(status),
+                Err(_) => Error::Remote {
+                    status,
+                    message: String::from_utf8_lossy(&bytes).into_owned(),
+                },
+            });
+        }
+        serde_json::from_slice(&bytes).map_err(|e| Error::Transport {
+            url: target.clone(),
+            reason: format!("bad response: {e}"),
+        })
+    }
+
     pub async fn get(
         &self,
         addr: &str,
@@ -482,6 +514,13 @@ impl Kv for Client {
     /// A watch that survives its member: when the connection drops it reconnects to
     /// another member from the revision after the last one delivered.
     async fn watch(&self, prefix: &str, from: Revision, prev: bool) -> Result<WatchStream> {
+        // "From now on" is pinned to a revision first, so a reconnect resumes from there
+        // rather than from whatever "now" is on the next member.
+        let from = if from == 0 {
+            self.get("/", Consistency::Serializable).await?.0 + 1
+        } else {
+            from
+        };
         let first = self
             .retrying(|addr| {
                 let peer = self.peer.clone();
