@@ -2,8 +2,8 @@
 //! every internal request, authenticated by the cluster token) and `Client` (the `Kv` API
 //! over the network, following the leader and resuming watches across members).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -56,10 +56,20 @@ pub struct JoinRequest {
     pub addr: String,
 }
 
+/// What `POST /cluster/join` answers once the new member is a voter.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinResponse {
+    /// The cluster the member joined; it has adopted this id from the leader's messages.
+    pub cluster: Option<String>,
+}
+
 /// What `GET /cluster/status` answers: this member's view of the cluster.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Status {
     pub id: u64,
+    /// The cluster's identity (see `cluster_id.rs`); none on a member still waiting to join.
+    #[serde(default)]
+    pub cluster: Option<String>,
     pub leader: Option<u64>,
     pub term: u64,
     pub applied: u64,
@@ -101,6 +111,7 @@ impl WireError {
             | Error::InvalidValue { .. }
             | Error::BadContinue(_) => (400, "invalid"),
             Error::Unauthorized => (401, "unauthorized"),
+            Error::ClusterMismatch { .. } => (409, "cluster_mismatch"),
             Error::Stopped => (503, "stopped"),
             Error::Remote { status, .. } => (*status, "remote"),
             _ => (500, "internal"),
@@ -152,6 +163,8 @@ impl WireError {
 pub struct Peer {
     http: reqwest::Client,
     token: Arc<str>,
+    /// A member's cluster id, sent on every request once known; clients have none.
+    cluster: Arc<OnceLock<String>>,
 }
 
 impl std::fmt::Debug for Peer {
@@ -183,7 +196,14 @@ impl Peer {
         Peer {
             http,
             token: Arc::from(token),
+            cluster: Arc::new(OnceLock::new()),
         }
+    }
+
+    /// The same client, sending the member's cluster id (`cluster_id::HEADER`).
+    pub fn with_cluster(mut self, cluster: Arc<OnceLock<String>>) -> Self {
+        self.cluster = cluster;
+        self
     }
 
     /// Compares in constant time, so the token cannot be guessed byte by byte from timings.
@@ -200,6 +220,9 @@ impl Peer {
     ) -> Result<reqwest::Response> {
         let target = url(addr, path);
         let mut req = self.http.post(&target).bearer_auth(&*self.token).json(body);
+        if let Some(id) = self.cluster.get() {
+            req = req.header(crate::cluster_id::HEADER, id.as_str());
+        }
         if let Some(t) = timeout {
             req = req.timeout(t);
         }

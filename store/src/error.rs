@@ -52,6 +52,16 @@ pub enum Error {
     Remote { status: u16, message: String },
     #[error("unauthorized: missing or wrong cluster token")]
     Unauthorized,
+    /// A Raft message from another cluster (or, with `ours` None, a malformed id): typically a
+    /// member restarted on an empty disk without `--join`, which bootstrapped a new cluster.
+    #[error(
+        "cluster mismatch: this member belongs to cluster {}, the message came from cluster {theirs}; a member whose data was lost must rejoin with --join",
+        .ours.as_deref().unwrap_or("(none yet)")
+    )]
+    ClusterMismatch {
+        ours: Option<String>,
+        theirs: String,
+    },
 }
 
 fn leader_hint(leader: &Option<(u64, String)>) -> String {

@@ -12,10 +12,12 @@
 //! - `member.rs`: one running member and the `Kv` trait (get, list, txn, watch);
 //! - `batcher.rs`: packs concurrent txns into one entry; `watch.rs`: ordered watch streams;
 //! - `network.rs`, `server.rs`, `client.rs`: the internal HTTP RPC and the network client;
+//! - `cluster_id.rs`: the cluster's identity, checked on every Raft message;
 //! - `error.rs`: the crate's one error enum.
 
 mod batcher;
 pub mod client;
+pub mod cluster_id;
 pub mod db;
 pub mod error;
 pub mod log_store;

@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::batcher::{self, Pending};
 use crate::client::Peer;
+use crate::cluster_id::ClusterId;
 use crate::error::{Error, Result};
 use crate::network::Network;
 use crate::state_machine::{Continue, StateMachine};
@@ -60,8 +61,13 @@ pub struct Limits {
     /// etcd's default `--max-txn-ops`.
     pub max_txn_ops: usize,
     pub max_key_bytes: usize,
-    /// Largest HTTP request body the server accepts.
+    /// Largest HTTP request body the server accepts on the client API.
     pub max_request_bytes: usize,
+    /// Ops allowed in one commit's sync (`Member::txn_commit`): a whole Git commit is one
+    /// entry by design, so it is bounded by the manifest limits, not by etcd's 128.
+    pub max_commit_ops: usize,
+    /// Largest Raft message body, which must carry the largest commit's entry.
+    pub max_raft_bytes: usize,
 }
 
 impl Default for Limits {
@@ -71,17 +77,23 @@ impl Default for Limits {
             max_txn_ops: 128,
             max_key_bytes: 1024,
             max_request_bytes: 4 << 20,
+            max_commit_ops: 100_000,
+            max_raft_bytes: 256 << 20,
         }
     }
 }
 
 impl Limits {
     pub fn check_txn(&self, txn: &Txn) -> Result<()> {
+        self.check_txn_ops(txn, self.max_txn_ops)
+    }
+
+    fn check_txn_ops(&self, txn: &Txn, max_ops: usize) -> Result<()> {
         let count = txn.success.len() + txn.failure.len() + txn.compares.len();
-        if count > self.max_txn_ops {
+        if count > max_ops {
             return Err(Error::TooManyOps {
                 count,
-                limit: self.max_txn_ops,
+                limit: max_ops,
             });
         }
         for c in &txn.compares {
@@ -191,6 +203,7 @@ struct Inner {
     batch: mpsc::Sender<Pending>,
     limits: Limits,
     peer: Peer,
+    cluster: ClusterId,
 }
 
 impl std::fmt::Debug for Inner {
@@ -222,6 +235,7 @@ impl Member {
             &cfg.data_dir.join("snapshots"),
             cfg.history_retain,
         )?;
+        let cluster = ClusterId::load(db.clone())?;
         let log = LogStore::new(db);
         let raft_config = openraft::Config {
             cluster_name: "coxswain".into(),
@@ -235,7 +249,7 @@ impl Member {
         }
         .validate()
         .map_err(|e| Error::Raft(e.to_string()))?;
-        let peer = Peer::new(&cfg.token);
+        let peer = Peer::new(&cfg.token).with_cluster(cluster.shared());
         let network = Network::new(peer.clone());
         let raft = Raft::new(cfg.id, Arc::new(raft_config), network, log, sm.clone())
             .await
@@ -246,6 +260,8 @@ impl Member {
                 .await
                 .map_err(|e| Error::Raft(e.to_string()))?
         {
+            // The id is saved before the cluster exists, so no member of it is ever without one.
+            cluster.generate()?;
             let mut members = BTreeMap::new();
             members.insert(cfg.id, BasicNode::new(&cfg.advertise));
             raft.initialize(members)
@@ -262,6 +278,7 @@ impl Member {
                 batch,
                 limits: cfg.limits,
                 peer,
+                cluster,
             }),
         })
     }
@@ -276,6 +293,26 @@ impl Member {
 
     pub fn limits(&self) -> &Limits {
         &self.inner.limits
+    }
+
+    /// The cluster this member belongs to; `None` until a member that joins hears from the
+    /// leader.
+    pub fn cluster_id(&self) -> Option<&str> {
+        self.inner.cluster.get()
+    }
+
+    /// Checks the cluster id a Raft message came with. `adopt` is set for messages only a
+    /// leader sends (appends, snapshots): a member that has no id yet takes the sender's.
+    pub fn check_cluster(&self, theirs: Option<&str>, adopt: bool) -> Result<()> {
+        match (self.inner.cluster.get(), theirs) {
+            (_, Some(theirs)) if adopt => self.inner.cluster.adopt(theirs),
+            (Some(ours), Some(theirs)) if ours == theirs => Ok(()),
+            (None, None) => Ok(()),
+            (ours, theirs) => Err(Error::ClusterMismatch {
+                ours: ours.map(str::to_string),
+                theirs: theirs.unwrap_or("(none)").to_string(),
+            }),
+        }
     }
 
     pub fn token_matches(&self, given: &str) -> bool {
@@ -358,6 +395,19 @@ impl Member {
     /// This member's own answer to a transaction: only the leader can give one.
     pub async fn txn_local(&self, txn: Txn) -> Result<TxnResult> {
         self.inner.limits.check_txn(&txn)?;
+        self.propose(txn).await
+    }
+
+    /// The sync of one Git commit: like `txn`, but with `max_commit_ops` as the op limit,
+    /// and only on this member (it must be the leader: such an entry is not forwarded over
+    /// the client API, whose body limit it may exceed).
+    pub async fn txn_commit(&self, txn: Txn) -> Result<TxnResult> {
+        let limits = &self.inner.limits;
+        limits.check_txn_ops(&txn, limits.max_commit_ops)?;
+        self.propose(txn).await
+    }
+
+    async fn propose(&self, txn: Txn) -> Result<TxnResult> {
         let (reply, rx) = oneshot::channel();
         self.inner
             .batch

@@ -8,7 +8,7 @@ use std::future::Future;
 
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -20,8 +20,10 @@ use tokio::net::TcpListener;
 use tracing::Instrument;
 
 use crate::client::{
-    GetRequest, GetResponse, JoinRequest, ListRequest, Status, WatchLine, WatchRequest, WireError,
+    GetRequest, GetResponse, JoinRequest, JoinResponse, ListRequest, Status, WatchLine,
+    WatchRequest, WireError,
 };
+use crate::cluster_id;
 use crate::error::Error;
 use crate::member::{Kv, Member};
 use crate::types::{NodeId, Txn, TypeConfig};
@@ -46,10 +48,14 @@ type ApiResult<T> = Result<Json<T>, ApiError>;
 
 pub fn router(member: Member) -> Router {
     let limit = member.limits().max_request_bytes;
-    Router::new()
+    // Raft messages carry whole commits (one entry per Git commit), so they get their own,
+    // larger body limit.
+    let raft = Router::new()
         .route("/raft/append", post(append))
         .route("/raft/vote", post(vote))
         .route("/raft/snapshot", post(snapshot))
+        .layer(DefaultBodyLimit::max(member.limits().max_raft_bytes));
+    Router::new()
         .route("/v1/get", post(get_key))
         .route("/v1/list", post(list))
         .route("/v1/txn", post(txn))
@@ -57,8 +63,9 @@ pub fn router(member: Member) -> Router {
         .route("/cluster/join", post(join))
         .route("/cluster/remove", post(remove))
         .route("/cluster/status", get(status))
-        .layer(middleware::from_fn_with_state(member.clone(), auth))
         .layer(DefaultBodyLimit::max(limit))
+        .merge(raft)
+        .layer(middleware::from_fn_with_state(member.clone(), auth))
         .with_state(member)
 }
 
@@ -100,22 +107,38 @@ fn raft_answer<T: Serialize, E: Serialize>(r: Result<T, E>) -> Json<Result<T, E>
     Json(r)
 }
 
-async fn append(
-    State(m): State<Member>,
-    Json(req): Json<AppendEntriesRequest<TypeConfig>>,
-) -> impl IntoResponse {
-    raft_answer(m.raft().append_entries(req).await)
+fn cluster_of(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(cluster_id::HEADER)
+        .and_then(|v| v.to_str().ok())
 }
 
-async fn vote(State(m): State<Member>, Json(req): Json<VoteRequest<NodeId>>) -> impl IntoResponse {
-    raft_answer(m.raft().vote(req).await)
+async fn append(
+    State(m): State<Member>,
+    headers: HeaderMap,
+    Json(req): Json<AppendEntriesRequest<TypeConfig>>,
+) -> Result<impl IntoResponse, ApiError> {
+    m.check_cluster(cluster_of(&headers), true)?;
+    Ok(raft_answer(m.raft().append_entries(req).await))
+}
+
+async fn vote(
+    State(m): State<Member>,
+    headers: HeaderMap,
+    Json(req): Json<VoteRequest<NodeId>>,
+) -> Result<impl IntoResponse, ApiError> {
+    // A vote request never makes a member adopt an id: only a leader's messages do.
+    m.check_cluster(cluster_of(&headers), false)?;
+    Ok(raft_answer(m.raft().vote(req).await))
 }
 
 async fn snapshot(
     State(m): State<Member>,
+    headers: HeaderMap,
     Json(req): Json<InstallSnapshotRequest<TypeConfig>>,
-) -> impl IntoResponse {
-    raft_answer(m.raft().install_snapshot(req).await)
+) -> Result<impl IntoResponse, ApiError> {
+    m.check_cluster(cluster_of(&headers), true)?;
+    Ok(raft_answer(m.raft().install_snapshot(req).await))
 }
 
 async fn get_key(State(m): State<Member>, Json(req): Json<GetRequest>) -> ApiResult<GetResponse> {
@@ -159,9 +182,11 @@ async fn watch(
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()))
 }
 
-async fn join(State(m): State<Member>, Json(req): Json<JoinRequest>) -> ApiResult<()> {
+async fn join(State(m): State<Member>, Json(req): Json<JoinRequest>) -> ApiResult<JoinResponse> {
     m.add_member(req.id, &req.addr).await?;
-    Ok(Json(()))
+    Ok(Json(JoinResponse {
+        cluster: m.cluster_id().map(str::to_string),
+    }))
 }
 
 #[derive(serde::Deserialize)]
@@ -179,6 +204,7 @@ async fn status(State(m): State<Member>) -> Json<Status> {
     let membership = metrics.membership_config.membership();
     Json(Status {
         id: m.id(),
+        cluster: m.cluster_id().map(str::to_string),
         leader: metrics.current_leader,
         term: metrics.current_term,
         applied: m.applied(),

@@ -439,3 +439,116 @@ async fn followers_forward_writes_and_linearizable_reads_and_reject_wrong_tokens
         m.kill().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_back_on_an_empty_disk_without_join_stays_apart_from_the_old_cluster() {
+    let (mut members, _dirs) = cluster(10_000).await;
+    let c = client(&members);
+    for i in 0..20 {
+        c.txn(Txn::put(format!("/id/{i}"), json!({"data": {"i": i}})))
+            .await
+            .unwrap();
+    }
+    let ids: Vec<Option<String>> = members
+        .iter()
+        .map(|m| m.member().cluster_id().map(str::to_string))
+        .collect();
+    assert!(
+        ids[0].is_some() && ids.iter().all(|i| i == &ids[0]),
+        "every member should hold the bootstrapped cluster's id: {ids:?}"
+    );
+
+    // A follower loses its disk and comes back as `coxswain server` without --join would:
+    // bootstrapping a new one-member cluster at the old address.
+    let l = leader_index(&members).await.unwrap();
+    let v = (l + 1) % 3;
+    members[v].kill().await;
+    std::fs::remove_dir_all(&members[v].dir).unwrap();
+    std::fs::create_dir_all(&members[v].dir).unwrap();
+    members[v].start(true).await;
+    let imposter = members[v].member().clone();
+    imposter
+        .wait_for_leader(Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(imposter.cluster_id().is_some());
+    assert_ne!(imposter.cluster_id(), ids[0].as_deref());
+
+    // The old cluster goes on with its two other members; its leader keeps sending appends to
+    // the old address all along.
+    let old: Vec<String> = members
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != v)
+        .map(|(_, m)| m.addr.clone())
+        .collect();
+    let mut oc = Client::new(old, TOKEN);
+    oc.retry_for = Duration::from_secs(15);
+    let mut last = 0;
+    for i in 0..50 {
+        last = oc
+            .txn(Txn::put(
+                format!("/id/after/{i}"),
+                json!({"data": {"i": i}}),
+            ))
+            .await
+            .unwrap()
+            .revision;
+    }
+    let own = imposter
+        .txn(Txn::put("/id/imposter", json!({"data": {"x": 1}})))
+        .await
+        .unwrap();
+    // Heartbeats every 100 ms: a second gives the old leader many chances to overwrite it.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let (_, kv) = imposter
+        .get("/id/0", Consistency::Serializable)
+        .await
+        .unwrap();
+    assert!(kv.is_none(), "the old cluster's data reached the new one");
+    assert!(
+        imposter.applied() < last,
+        "imposter applied {} of the old cluster's {last}",
+        imposter.applied()
+    );
+    let (_, kv) = imposter
+        .get("/id/imposter", Consistency::Serializable)
+        .await
+        .unwrap();
+    assert_eq!(
+        kv.expect("the imposter's acknowledged write").mod_revision,
+        own.revision
+    );
+    assert_eq!(
+        imposter.raft().metrics().borrow().current_leader,
+        Some(members[v].id),
+        "the imposter should still lead its own cluster"
+    );
+    let (_, kv) = members[l]
+        .member()
+        .get("/id/imposter", Consistency::Serializable)
+        .await
+        .unwrap();
+    assert!(kv.is_none(), "the imposter's write reached the old cluster");
+
+    // A Raft message carrying another cluster's id is refused outright.
+    let stranger = "00000000-0000-4000-8000-000000000000";
+    let peer = coxswain_store::client::Peer::new(TOKEN)
+        .with_cluster(Arc::new(std::sync::OnceLock::from(stranger.to_string())));
+    let vote = openraft::raft::VoteRequest::<u64>::new(openraft::Vote::new(1_000, 99), None);
+    let r: Result<serde_json::Value, Error> =
+        peer.call(&members[l].addr, "/raft/vote", &vote, None).await;
+    match r {
+        Err(Error::Remote {
+            status: 409,
+            message,
+        }) => {
+            assert!(message.contains("cluster mismatch"), "{message}")
+        }
+        other => panic!("expected a 409 cluster mismatch, got {other:?}"),
+    }
+    for m in &mut members {
+        m.kill().await;
+    }
+}

@@ -287,3 +287,33 @@ async fn data_and_revision_survive_a_restart() {
     let next = m.txn(Txn::put("/r/new", obj("n", 0))).await.unwrap();
     assert!(next.revision > last);
 }
+
+#[tokio::test]
+async fn a_commit_sync_may_exceed_the_client_op_limit_and_lands_in_one_revision() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = start(dir.path()).await;
+    let mut commit = Txn::default();
+    for i in 0..2_000u64 {
+        commit.success.push(coxswain_store::Op::Put {
+            key: object_key("", "ConfigMap", Some("default"), &format!("c{i}")),
+            value: obj(&format!("c{i}"), i),
+        });
+    }
+    assert!(matches!(
+        m.txn(commit.clone()).await,
+        Err(Error::TooManyOps { limit: 128, .. })
+    ));
+    let r = m.txn_commit(commit).await.unwrap();
+    assert!(r.succeeded);
+    let page = m
+        .list(
+            "/core/ConfigMap/default/",
+            0,
+            None,
+            Consistency::Linearizable,
+        )
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 2_000);
+    assert!(page.items.iter().all(|kv| kv.mod_revision == r.revision));
+}
