@@ -33,4 +33,4 @@ pub mod yaml;
 pub use diagnostic::{Code, Diagnostic};
 pub use error::{Error, Result};
 pub use object::{KINDS, KindInfo, Object};
-pub use validate::{Limits, Report, validate_tree};
+pub use validate::{Limits, Report, validate_tree, validate_tree_with};

@@ -23,6 +23,9 @@ pub struct TreeEntry {
     pub kind: EntryKind,
     /// Size in bytes, known before reading, so size limits cost no I/O.
     pub size: u64,
+    /// A content id, when the source knows one without reading the file (the Git blob id).
+    /// Equal ids mean equal bytes, which lets a reload reuse what was parsed before.
+    pub id: Option<String>,
 }
 
 /// A source of manifest files.
@@ -94,6 +97,7 @@ impl DirTree {
                         target: target.to_string_lossy().into_owned(),
                     },
                     size: 0,
+                    id: None,
                 });
             } else if meta.is_dir() {
                 self.walk(&path, &format!("{rel_path}/"), out)?;
@@ -102,6 +106,8 @@ impl DirTree {
                     path: rel_path,
                     kind: EntryKind::File,
                     size: meta.len(),
+                    // A folder has no cheap content id; its files are always read again.
+                    id: None,
                 });
             }
         }
@@ -125,6 +131,7 @@ impl Tree for DirTree {
                 path: name,
                 kind: EntryKind::File,
                 size: meta.len(),
+                id: None,
             }]);
         }
         let mut out = Vec::new();

@@ -10,9 +10,12 @@
 //!    and the per-object rules ([`semantic`]);
 //! 3. across the tree: duplicates, namespaces, and references ([`refs`]).
 //!
-//! Step 2 is [`parse_file`], separate and pure so the Git source can cache its result per
-//! blob and re-parse only changed files.
+//! Step 2 is [`parse_file`], separate and pure so that its result can be reused per file:
+//! [`validate_tree_with`] takes the report of the previous commit and re-reads only the
+//! files whose content id changed ([`incremental`] says when reuse is safe). Steps 1 and 3
+//! always run, so the result is the same as that of a full [`validate_tree`].
 
+mod incremental;
 mod refs;
 pub(crate) mod semantic;
 
@@ -98,6 +101,13 @@ pub struct ParsedFile {
     pub text: Arc<str>,
     pub docs: Vec<ParsedDoc>,
     pub diagnostics: Vec<Diagnostic>,
+    /// The content id the tree listed for the bytes this was parsed from (see
+    /// [`crate::tree::TreeEntry::id`]); `None` when the tree knows none, when reading failed,
+    /// and for [`parse_file`] called directly. Private, so that nothing but the pipeline can
+    /// vouch that an id belongs to these bytes.
+    id: Option<String>,
+    /// The limits this was parsed under; a reload under other limits parses again.
+    limits: incremental::FileLimits,
     /// The YAML trees of the documents, rebuilt from `text` only when a later check needs a
     /// position. Keeping every tree of a large repository costs more (in memory, and in
     /// the time to fault that memory in) than parsing again on the rare error path.
@@ -105,6 +115,12 @@ pub struct ParsedFile {
 }
 
 impl ParsedFile {
+    /// The content id of the bytes this file was parsed from, as the tree listed it, when
+    /// the tree knew one and the read succeeded.
+    pub fn id(&self) -> Option<&str> {
+        self.id.as_deref()
+    }
+
     /// The YAML tree of document `index` (as in [`ParsedDoc::index`]).
     pub fn root(&self, index: usize) -> Option<&Node> {
         self.nodes
@@ -232,6 +248,16 @@ fn mib(bytes: u64) -> String {
 /// Validates a whole tree. Never panics on input; I/O problems become diagnostics too, so
 /// the caller always gets one complete answer.
 pub fn validate_tree(tree: &dyn Tree, limits: &Limits) -> Report {
+    validate_tree_with(tree, limits, None)
+}
+
+/// [`validate_tree`], reusing the per-file work of `previous` (the report of an earlier
+/// validation, typically of the previous commit) for every file whose path and content id
+/// ([`crate::tree::TreeEntry::id`]) are unchanged. Changed, new and id-less files are read and
+/// parsed; files gone from the tree are dropped; the limits on the listing and the checks
+/// across the tree (duplicates, namespaces, references) always run on the whole tree. The
+/// result is the same as that of [`validate_tree`] on `tree`, whatever `previous` is.
+pub fn validate_tree_with(tree: &dyn Tree, limits: &Limits, previous: Option<&Report>) -> Report {
     let mut report = Report::default();
     let entries = match tree.entries() {
         Ok(e) => e,
@@ -302,23 +328,34 @@ pub fn validate_tree(tree: &dyn Tree, limits: &Limits) -> Report {
                     ));
                     return report;
                 }
-                to_read.push(entry.path.as_str());
+                to_read.push((entry.path.as_str(), entry.id.as_deref()));
             }
             EntryKind::File => {}
         }
     }
 
+    let reusable = incremental::Reusable::new(previous, limits);
     report.files = to_read
         .par_iter()
-        .map(|path| match tree.read(path) {
-            Ok(bytes) => parse_file(path, &bytes, limits),
-            Err(err) => ParsedFile {
-                path: path.to_string(),
-                text: Arc::from(""),
-                docs: Vec::new(),
-                diagnostics: vec![file_diag(path, Code::Io, 1, 1, err.to_string(), None)],
-                nodes: OnceLock::new(),
-            },
+        .map(|&(path, id)| {
+            if let Some(earlier) = reusable.get(path, id) {
+                return earlier.clone();
+            }
+            match tree.read(path) {
+                Ok(bytes) => ParsedFile {
+                    id: id.map(str::to_string),
+                    ..parse_file(path, &bytes, limits)
+                },
+                Err(err) => ParsedFile {
+                    path: path.to_string(),
+                    text: Arc::from(""),
+                    docs: Vec::new(),
+                    diagnostics: vec![file_diag(path, Code::Io, 1, 1, err.to_string(), None)],
+                    id: None,
+                    limits: incremental::FileLimits::of(limits),
+                    nodes: OnceLock::new(),
+                },
+            }
         })
         .collect();
     for f in &report.files {
@@ -388,6 +425,8 @@ pub fn parse_file(path: &str, bytes: &[u8], limits: &Limits) -> ParsedFile {
         text: Arc::from(""),
         docs: Vec::new(),
         diagnostics: Vec::new(),
+        id: None,
+        limits: incremental::FileLimits::of(limits),
         nodes: OnceLock::new(),
     };
     if let Some(d) = file_too_big(path, bytes.len() as u64, limits) {
