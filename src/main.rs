@@ -2,8 +2,8 @@
 //! command line, sets up logging and maps results to exit codes (0 success, 1 a negative
 //! answer such as "invalid", 2 a usage or I/O error).
 
-mod gittree;
 mod server;
+mod status;
 mod validate;
 
 use std::process::ExitCode;
@@ -30,8 +30,11 @@ struct Cli {
 enum Command {
     /// Validate a folder of manifests, or a commit of the Git repository it is in.
     Validate(validate::Args),
-    /// Run one member of the replicated store.
-    Server(server::Args),
+    /// Run one member of the replicated store, and with --repo the GitOps sync.
+    // Boxed: its flags make it far larger than the other variants.
+    Server(Box<server::Args>),
+    /// Show the sync's last attempted and last applied commit.
+    Status(status::Args),
 }
 
 fn main() -> ExitCode {
@@ -46,7 +49,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Validate(args) => validate::run(&args),
-        Command::Server(args) => server::run(args),
+        Command::Server(args) => server::run(*args),
+        Command::Status(args) => status::run(&args),
     };
     match result {
         Ok(code) => code,

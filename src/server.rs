@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use coxswain_store::client::{JoinRequest, Peer};
+use coxswain_store::client::{JoinRequest, JoinResponse, Peer};
 use coxswain_store::{Error, Member, MemberConfig, server};
 
 #[derive(Debug, clap::Args)]
@@ -31,6 +31,40 @@ pub struct Args {
     /// Take a snapshot (and purge the log before it) every this many entries.
     #[arg(long, default_value_t = 10_000)]
     snapshot_every: u64,
+    #[command(flatten)]
+    sync: SyncArgs,
+}
+
+/// The Git source this member syncs while it is the leader (none: store only).
+#[derive(Debug, clap::Args)]
+pub struct SyncArgs {
+    /// Repository to sync from: a local path, file://, git://, https:// or ssh.
+    #[arg(long)]
+    repo: Option<String>,
+    /// Folder inside the repository that holds the manifests.
+    #[arg(long)]
+    path: Option<String>,
+    /// Follow this branch (the default is main).
+    #[arg(long, conflicts_with_all = ["tag", "commit"])]
+    branch: Option<String>,
+    /// Follow this tag.
+    #[arg(long, conflicts_with = "commit")]
+    tag: Option<String>,
+    /// Stay at this commit.
+    #[arg(long)]
+    commit: Option<String>,
+    /// Look for a new commit this often when no watch or webhook says so sooner (e.g. 30s, 1m).
+    #[arg(long, value_parser = coxswain_reconciler::source::parse_duration)]
+    interval: Option<Duration>,
+    /// Where bare caches of remote repositories are kept (default: DATA/git).
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// Hold back a commit that deletes more than this share of the Git-owned objects.
+    #[arg(long, default_value_t = coxswain_reconciler::prune::DEFAULT_MAX_SHARE)]
+    prune_max_share: f64,
+    /// Let every commit prune, whatever it deletes.
+    #[arg(long)]
+    allow_prune: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -61,25 +95,122 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("starting member {} in {}", args.id, args.data.display()))?;
     // Tests and scripts read this line to learn the port.
     println!("coxswain server: member {} listening on {bound}", args.id);
-    let server = tokio::spawn(server::serve(listener, member.clone(), shutdown_signal()));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let sync = match args.sync.repo.is_some() {
+        true => Some(start_sync(&args, member.clone(), stop_rx.clone())?),
+        false => None,
+    };
+    let server = tokio::spawn(server::serve(listener, member.clone(), async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    }));
     if let Some(join) = &args.join {
-        join_cluster(&args.token, join, args.id, &advertise).await?;
+        let joined = join_cluster(&args.token, join, args.id, &advertise).await?;
+        // The leader's first append gave this member its cluster id; the answer must agree.
+        if joined.cluster.as_deref() != member.cluster_id() {
+            bail!(
+                "joined cluster {:?} but this member holds cluster id {:?}",
+                joined.cluster,
+                member.cluster_id()
+            );
+        }
         println!(
-            "coxswain server: member {} joined the cluster of {join}",
-            args.id
+            "coxswain server: member {} joined the cluster of {join} (cluster {})",
+            args.id,
+            joined.cluster.as_deref().unwrap_or("?")
         );
     }
     server.await.context("server task")??;
+    if let Some(sync) = sync {
+        sync.await.context("sync task")?;
+    }
     Ok(())
 }
 
+/// Opens the source and runs the sync loop while this member leads; the loop writes its
+/// pending notes and ends when `stop` turns true.
+fn start_sync(
+    args: &Args,
+    member: Member,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    use coxswain_reconciler::prune::PrunePolicy;
+    use coxswain_reconciler::source::{Reference, Source, SourceConfig};
+    use coxswain_reconciler::sync::{Outcome, SyncConfig, Syncer};
+
+    let s = &args.sync;
+    let Some(repo) = s.repo.clone() else {
+        bail!("no --repo to sync");
+    };
+    let mut cfg = SourceConfig::new(repo);
+    cfg.path = s.path.clone();
+    cfg.reference = match (&s.branch, &s.tag, &s.commit) {
+        (_, Some(t), _) => Reference::Tag(t.clone()),
+        (_, _, Some(c)) => Reference::Commit(c.clone()),
+        (Some(b), _, _) => Reference::Branch(b.clone()),
+        _ => Reference::default(),
+    };
+    if let Some(i) = s.interval {
+        cfg.interval = i;
+    }
+    cfg.cache_dir = Some(s.cache_dir.clone().unwrap_or_else(|| args.data.join("git")));
+    let source = Source::open(&cfg).context("opening the Git source")?;
+    let mut triggers = source.triggers().context("watching the Git source")?;
+    let config = SyncConfig {
+        prune: PrunePolicy::new(s.prune_max_share, s.allow_prune)?,
+        ..SyncConfig::default()
+    };
+    let mut syncer = Syncer::new(member.clone(), source, config)?;
+    let id = member.id();
+    let mut metrics = member.raft().metrics();
+    Ok(tokio::spawn(async move {
+        loop {
+            let leads = metrics.borrow().current_leader == Some(id);
+            if leads {
+                match syncer.sync_once().await {
+                    Ok(Outcome::Unchanged { .. }) => {}
+                    Ok(Outcome::Applied {
+                        commit, summary, ..
+                    }) => println!(
+                        "coxswain server: applied {commit}: {} created, {} updated, {} deleted, {} unchanged",
+                        summary.created, summary.updated, summary.deleted, summary.unchanged
+                    ),
+                    Ok(Outcome::Rejected { commit, errors }) => {
+                        println!(
+                            "coxswain server: rejected {commit}: {} error(s); the last good commit keeps running",
+                            errors.len()
+                        );
+                        for e in &errors {
+                            println!(
+                                "  {}:{}:{} {} {}",
+                                e.file, e.line, e.column, e.pointer, e.reason
+                            );
+                        }
+                    }
+                    Ok(Outcome::Held { commit, reason }) => {
+                        println!("coxswain server: held {commit}: {reason}")
+                    }
+                    Err(e) => tracing::warn!("sync: {e}"),
+                }
+            }
+            // A follower also wakes when it becomes the leader, to sync at once.
+            tokio::select! {
+                _ = triggers.wait() => {}
+                _ = metrics.wait_for(|m| m.current_leader == Some(id)), if !leads => {}
+                _ = stop.wait_for(|s| *s) => break,
+            }
+        }
+        syncer.close().await;
+    }))
+}
+
 /// Asks the cluster to add this member, following the hint to the leader.
-async fn join_cluster(token: &str, via: &str, id: u64, addr: &str) -> anyhow::Result<()> {
+async fn join_cluster(token: &str, via: &str, id: u64, addr: &str) -> anyhow::Result<JoinResponse> {
     let peer = Peer::new(token);
     let mut target = via.to_string();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let r: Result<(), Error> = peer
+        let r: Result<JoinResponse, Error> = peer
             .call(
                 &target,
                 "/cluster/join",
@@ -91,7 +222,7 @@ async fn join_cluster(token: &str, via: &str, id: u64, addr: &str) -> anyhow::Re
             )
             .await;
         match r {
-            Ok(()) => return Ok(()),
+            Ok(joined) => return Ok(joined),
             Err(Error::NotLeader {
                 leader: Some((_, leader)),
             }) => target = leader,

@@ -4,10 +4,9 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use coxswain_reconciler::source::GitTree;
 use coxswain_schema::tree::{DirTree, Tree};
 use coxswain_schema::{Limits, Report, validate_tree};
-
-use crate::gittree::GitTree;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

@@ -1,12 +1,15 @@
-//! [`Tree`] over the tree of a Git commit, read from the object database with no checkout.
+//! [`Tree`] over the tree of a Git commit, read from the object database with no checkout,
+//! so a commit can be validated and applied while the work tree holds something else (or
+//! there is no work tree at all, as in a bare cache).
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 
-use anyhow::{Context, bail};
 use coxswain_schema::tree::{EntryKind, Tree, TreeEntry};
 use git2::{ObjectType, Oid, Repository};
+
+use crate::error::{Error, Result};
 
 /// A subtree of one commit. `git2::Repository` is `Send` but not `Sync`, and the loader reads
 /// files from several threads, so reads take turns on a mutex; parsing still runs in parallel.
@@ -34,18 +37,63 @@ fn tree_err(path: &str, e: impl std::fmt::Display) -> coxswain_schema::Error {
 }
 
 impl GitTree {
-    /// The folder `path` (inside a work tree) as it is in commit `rev`.
-    pub fn open(path: &Path, rev: &str) -> anyhow::Result<Self> {
-        let abs = std::fs::canonicalize(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        let repo = Repository::discover(&abs)
-            .with_context(|| format!("{} is not inside a Git repository", path.display()))?;
+    /// The folder `path` (inside a work tree) as it is in commit `rev` (anything
+    /// `git rev-parse` understands: `HEAD~1`, a branch, a tag, a hash).
+    pub fn open(path: &Path, rev: &str) -> Result<Self> {
+        let abs = std::fs::canonicalize(path).map_err(|source| Error::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let repo = Repository::discover(&abs).map_err(Error::git(format!(
+            "{} is not inside a Git repository",
+            path.display()
+        )))?;
         let Some(workdir) = repo.workdir() else {
-            bail!("the repository of {} has no work tree", path.display());
+            return Err(Error::Config {
+                field: "path".to_string(),
+                reason: format!("the repository of {} has no work tree", path.display()),
+            });
         };
-        let workdir = std::fs::canonicalize(workdir)?;
-        let rel = abs.strip_prefix(&workdir).unwrap_or(Path::new(""));
-        let tree = Self::subtree(&repo, rel, rev)?;
+        let workdir = std::fs::canonicalize(workdir).map_err(|source| Error::Io {
+            path: workdir.display().to_string(),
+            source,
+        })?;
+        let rel = abs
+            .strip_prefix(&workdir)
+            .unwrap_or(Path::new(""))
+            .to_string_lossy()
+            .into_owned();
+        let reference = format!("revision {rev:?}");
+        let commit = repo
+            .revparse_single(rev)
+            .and_then(|o| o.peel_to_commit())
+            .map_err(|e| Error::Resolve {
+                repo: workdir.display().to_string(),
+                reference: reference.clone(),
+                reason: e.message().to_string(),
+            })?
+            .id();
+        let subpath = (!rel.is_empty()).then_some(rel.as_str());
+        Self::at(repo, commit, subpath, &reference)
+    }
+
+    /// The folder `subpath` (`None`: the root) of `commit` in `repo`; `reference` names the
+    /// commit in errors.
+    pub fn at(
+        repo: Repository,
+        commit: Oid,
+        subpath: Option<&str>,
+        reference: &str,
+    ) -> Result<Self> {
+        let tree =
+            subtree_id(&repo, commit, subpath, reference)?.ok_or_else(|| Error::Resolve {
+                repo: repo.path().display().to_string(),
+                reference: reference.to_string(),
+                reason: format!(
+                    "the folder {} does not exist in commit {commit}",
+                    subpath.unwrap_or(".")
+                ),
+            })?;
         Ok(Self {
             repo: Mutex::new(repo),
             tree,
@@ -53,23 +101,47 @@ impl GitTree {
         })
     }
 
-    fn subtree(repo: &Repository, rel: &Path, rev: &str) -> anyhow::Result<Oid> {
-        let commit = repo
-            .revparse_single(rev)
-            .and_then(|o| o.peel_to_commit())
-            .with_context(|| format!("cannot resolve revision {rev:?} to a commit"))?;
-        let root = commit.tree()?;
-        Ok(if rel.as_os_str().is_empty() {
-            root.id()
-        } else {
-            let entry = root
-                .get_path(rel)
-                .with_context(|| format!("{} does not exist in {rev}", rel.display()))?;
-            if entry.kind() != Some(ObjectType::Tree) {
-                bail!("{} is not a folder in {rev}", rel.display());
-            }
-            entry.id()
-        })
+    /// The Git id of this (sub)tree: two commits with the same id here have identical
+    /// manifests, so the second needs no new validation.
+    pub fn id(&self) -> String {
+        self.tree.to_string()
+    }
+}
+
+/// The id of the tree at `subpath` in `commit`; `None` when that path does not exist there or
+/// is not a folder.
+pub(crate) fn subtree_id(
+    repo: &Repository,
+    commit: Oid,
+    subpath: Option<&str>,
+    reference: &str,
+) -> Result<Option<Oid>> {
+    let resolve = |reason: String| Error::Resolve {
+        repo: repo.path().display().to_string(),
+        reference: reference.to_string(),
+        reason,
+    };
+    let commit = repo
+        .find_commit(commit)
+        .map_err(|e| resolve(e.message().to_string()))?;
+    let root = commit.tree().map_err(Error::git(format!(
+        "reading the tree of commit {}",
+        commit.id()
+    )))?;
+    let Some(sub) = subpath else {
+        return Ok(Some(root.id()));
+    };
+    match root.get_path(Path::new(sub)) {
+        Ok(entry) if entry.kind() == Some(ObjectType::Tree) => Ok(Some(entry.id())),
+        Ok(_) => Err(resolve(format!(
+            "{sub} is a file, not a folder, in commit {}",
+            commit.id()
+        ))),
+        Err(e) if e.code() == git2::ErrorCode::NotFound => Ok(None),
+        Err(e) => Err(Error::git(format!(
+            "looking up {sub} in commit {}",
+            commit.id()
+        ))(e)),
     }
 }
 
@@ -114,7 +186,12 @@ impl Tree for GitTree {
                 }
             };
             ids.insert(path.clone(), entry.id());
-            out.push(TreeEntry { path, kind, size });
+            out.push(TreeEntry {
+                path,
+                kind,
+                size,
+                id: Some(entry.id().to_string()),
+            });
             git2::TreeWalkResult::Ok
         })
         .map_err(|e| tree_err(".", e))?;

@@ -1,0 +1,567 @@
+//! The sync: one commit in, one Raft entry out.
+//!
+//! [`Syncer::sync_once`] resolves the source's ref, validates the tree at that commit (reusing
+//! the parse of unchanged files from the previous commit), plans it against the Git-owned
+//! objects in the store, asks the prune guard, and applies the plan with
+//! [`coxswain_store::Member::txn_commit`]: every create, update and delete, the sync record
+//! and the attempt record in one txn. The txn compares the sync record's revision (so two
+//! syncs never interleave) and the revision of every object it updates or deletes (so a
+//! controller's status write in between is never lost); a failed compare reloads the
+//! inventory and plans again.
+//!
+//! Why a Git-owned inventory from the store rather than a list kept in the record: the
+//! objects themselves carry the ownership label, so the inventory cannot disagree with what
+//! is stored, and it survives restarts and leader changes for free.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use coxswain_schema::{Limits, Report};
+use coxswain_store::{
+    CmpOp, Compare, Consistency, KeyValue, Kv, Member, Op, Revision, Target, Txn, object_key,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tracing::Instrument;
+
+use crate::error::{Error, Result};
+use crate::notes::{
+    CommitState, CommitStatus, NoteWriter, ObjectState, ObjectStatus, PruneGuard, SyncSummary,
+    ValidationError, now_rfc3339,
+};
+use crate::plan::{self, Desired, Plan, is_git_owned};
+use crate::prune::{self, ALLOW_PRUNE_TRAILER, ALLOW_PRUNE_VALUE, PrunePolicy, Verdict};
+use crate::source::{Head, Source};
+
+/// The API group of coxswain's own records in the store.
+pub const GROUP: &str = "coxswain.dev";
+
+/// The key of the record of the last applied commit of source `name`.
+pub fn record_key(name: &str) -> String {
+    object_key(GROUP, "SyncRecord", None, name)
+}
+
+/// The key of the record of the last attempted commit of source `name` (applied, held or
+/// rejected): what `coxswain status` shows.
+pub fn attempt_key(name: &str) -> String {
+    object_key(GROUP, "SyncAttempt", None, name)
+}
+
+/// The last applied commit, stored at [`record_key`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncRecord {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: RecordMeta,
+    pub commit: String,
+    pub applied_at: String,
+    pub summary: SyncSummary,
+}
+
+/// The last attempted commit, stored at [`attempt_key`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncAttempt {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: RecordMeta,
+    pub commit: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary_line: Option<String>,
+    pub attempted_at: String,
+    pub state: CommitState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub sync: SyncSummary,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<ValidationError>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordMeta {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_version: Option<String>,
+}
+
+/// What one call of [`Syncer::sync_once`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The ref still names the commit last attempted: nothing was read or written.
+    Unchanged { commit: String },
+    /// The commit is in the store, at `revision`.
+    Applied {
+        commit: String,
+        revision: Revision,
+        summary: SyncSummary,
+    },
+    /// The commit is invalid; nothing was applied.
+    Rejected {
+        commit: String,
+        errors: Vec<ValidationError>,
+    },
+    /// The prune guard held the commit back; nothing was applied.
+    Held { commit: String, reason: String },
+}
+
+/// Settings of one sync loop.
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    /// Names the source's records (`default` for the one source of `coxswain up`).
+    pub name: String,
+    pub limits: Limits,
+    pub prune: PrunePolicy,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig {
+            name: "default".into(),
+            limits: Limits::default(),
+            prune: PrunePolicy::default(),
+        }
+    }
+}
+
+/// Applying a plan found the store changed underneath (another sync, or a controller's write
+/// to an object being updated); plan again from a fresh inventory.
+const MAX_CONFLICTS: usize = 5;
+
+/// The sync loop's state for one source on one member.
+#[derive(Debug)]
+pub struct Syncer {
+    member: Member,
+    source: Source,
+    config: SyncConfig,
+    notes: Option<NoteWriter>,
+    /// The report of the last commit validated, whose per-file work the next reuses.
+    previous: Option<Report>,
+    /// The Git-owned objects as this member last saw them, and the revision of the sync
+    /// record they go with (0: no record); stale when the record has moved since.
+    owned: BTreeMap<String, Value>,
+    record_revision: Revision,
+    inventory_loaded: bool,
+    last_attempt: Option<String>,
+}
+
+impl Syncer {
+    /// A syncer for `source` on `member`. Notes are written into the source's repository
+    /// when it is Git (a folder has no commit to write them on).
+    pub fn new(member: Member, source: Source, config: SyncConfig) -> Result<Syncer> {
+        let notes = match &source {
+            Source::Git(git) => Some(NoteWriter::open(git.git_dir())?),
+            Source::Folder(_) => None,
+        };
+        Ok(Syncer {
+            member,
+            source,
+            config,
+            notes,
+            previous: None,
+            owned: BTreeMap::new(),
+            record_revision: 0,
+            inventory_loaded: false,
+            last_attempt: None,
+        })
+    }
+
+    pub fn source(&self) -> &Source {
+        &self.source
+    }
+
+    /// Writes the notes still pending; call before dropping the syncer at shutdown.
+    pub async fn close(mut self) {
+        if let Some(n) = self.notes.take() {
+            n.close().await;
+        }
+    }
+
+    /// Looks at the source once and applies what is new.
+    pub async fn sync_once(&mut self) -> Result<Outcome> {
+        let started = Instant::now();
+        let (commit, head) = self.resolve()?;
+        if self.last_attempt.as_deref() == Some(commit.as_str()) {
+            return Ok(Outcome::Unchanged { commit });
+        }
+        let span = tracing::info_span!("sync", source = %self.config.name, commit = %commit);
+        self.sync_commit(commit, head, started)
+            .instrument(span)
+            .await
+    }
+
+    async fn sync_commit(
+        &mut self,
+        commit: String,
+        head: Option<Head>,
+        started: Instant,
+    ) -> Result<Outcome> {
+        self.submit_note(CommitStatus::new(commit.clone(), CommitState::Pending));
+
+        let report = self.validate(&commit)?;
+        if !report.is_valid() {
+            let status = CommitStatus::rejected(commit.clone(), &report.diagnostics);
+            let errors = status.errors.clone();
+            tracing::warn!(
+                errors = errors.len(),
+                "commit rejected; the last good commit keeps running"
+            );
+            write_attempt(
+                &self.member,
+                &self.config.name,
+                &commit,
+                head.as_ref(),
+                &status,
+            )
+            .await?;
+            self.submit_note(status);
+            self.last_attempt = Some(commit.clone());
+            // The invalid report is not kept: its files are re-parsed when fixed anyway, and
+            // the valid previous report stays the better base.
+            return Ok(Outcome::Rejected { commit, errors });
+        }
+        let desired = plan::desired_from_report(&report)?;
+        self.previous = Some(report);
+
+        let allow_trailer = self.allows_prune(&commit)?;
+        let mut conflicts = 0;
+        loop {
+            self.refresh_inventory().await?;
+            let plan = plan::plan(&desired, &self.owned);
+            let verdict = prune::check(&plan, self.owned.len(), &self.config.prune, allow_trailer);
+            if let Verdict::Held { reason } = &verdict {
+                tracing::warn!(%reason, "prune guard held the commit");
+                let mut status = CommitStatus::new(commit.clone(), CommitState::Pending);
+                status.sync = summary(&plan, Some(reason.clone()));
+                status.message = Some(reason.clone());
+                write_attempt(
+                    &self.member,
+                    &self.config.name,
+                    &commit,
+                    head.as_ref(),
+                    &status,
+                )
+                .await?;
+                self.submit_note(status);
+                self.last_attempt = Some(commit.clone());
+                return Ok(Outcome::Held {
+                    commit,
+                    reason: reason.clone(),
+                });
+            }
+            if let Verdict::Allowed { reason, .. } = &verdict {
+                tracing::info!(%reason, "prune allowed");
+            }
+            match self.apply(&commit, head.as_ref(), &plan).await? {
+                Some((revision, sync)) => {
+                    tracing::info!(
+                        revision,
+                        created = sync.created,
+                        updated = sync.updated,
+                        deleted = sync.deleted,
+                        unchanged = sync.unchanged,
+                        elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+                        "applied"
+                    );
+                    let mut status = CommitStatus::new(commit.clone(), CommitState::Applied);
+                    status.sync = sync.clone();
+                    status.objects = desired.iter().map(object_status).collect();
+                    self.submit_note(status);
+                    self.last_attempt = Some(commit.clone());
+                    return Ok(Outcome::Applied {
+                        commit,
+                        revision,
+                        summary: sync,
+                    });
+                }
+                None => {
+                    conflicts += 1;
+                    if conflicts >= MAX_CONFLICTS {
+                        return Err(Error::Conflict {
+                            commit,
+                            attempts: conflicts,
+                        });
+                    }
+                    tracing::debug!(conflicts, "the store moved under the sync; planning again");
+                    self.inventory_loaded = false;
+                }
+            }
+        }
+    }
+
+    /// The commit (or, for a folder, a content fingerprint) the source is at now.
+    fn resolve(&mut self) -> Result<(String, Option<Head>)> {
+        match &mut self.source {
+            Source::Git(git) => {
+                let head = tokio::task::block_in_place(|| git.fetch())?;
+                Ok((head.commit.clone(), Some(head)))
+            }
+            Source::Folder(folder) => {
+                let print = tokio::task::block_in_place(|| folder.fingerprint())?;
+                Ok((format!("folder-{print:016x}"), None))
+            }
+        }
+    }
+
+    fn validate(&self, commit: &str) -> Result<Report> {
+        let _span = tracing::info_span!("validate").entered();
+        let previous = self.previous.as_ref();
+        let limits = &self.config.limits;
+        tokio::task::block_in_place(|| match &self.source {
+            Source::Git(git) => {
+                let tree = git.tree(commit)?;
+                Ok(coxswain_schema::validate::validate_tree_with(
+                    &tree, limits, previous,
+                ))
+            }
+            Source::Folder(folder) => {
+                let tree = folder.tree()?;
+                Ok(coxswain_schema::validate::validate_tree_with(
+                    &tree, limits, previous,
+                ))
+            }
+        })
+    }
+
+    fn allows_prune(&self, commit: &str) -> Result<bool> {
+        match &self.source {
+            Source::Git(git) => Ok(git
+                .trailer(commit, ALLOW_PRUNE_TRAILER)?
+                .is_some_and(|v| v.eq_ignore_ascii_case(ALLOW_PRUNE_VALUE))),
+            Source::Folder(_) => Ok(false),
+        }
+    }
+
+    fn submit_note(&self, status: CommitStatus) {
+        if let Some(n) = &self.notes {
+            n.submit(status);
+        }
+    }
+
+    /// Reloads the Git-owned objects when the sync record moved since they were loaded (a
+    /// restart, another leader's sync, or a conflict).
+    async fn refresh_inventory(&mut self) -> Result<()> {
+        let (_, record) = self
+            .member
+            .get(&record_key(&self.config.name), Consistency::Linearizable)
+            .await?;
+        let revision = record.as_ref().map_or(0, |kv| kv.mod_revision);
+        if self.inventory_loaded && revision == self.record_revision {
+            return Ok(());
+        }
+        let page = self
+            .member
+            .list("/", 0, None, Consistency::Linearizable)
+            .instrument(tracing::info_span!("load_inventory"))
+            .await?;
+        self.owned = page
+            .items
+            .into_iter()
+            .filter(|kv| is_git_owned(&kv.value))
+            .map(|kv| (kv.key, kv.value))
+            .collect();
+        self.record_revision = revision;
+        self.inventory_loaded = true;
+        if self.last_attempt.is_none()
+            && let Some(kv) = record
+            && let Ok(r) = serde_json::from_value::<SyncRecord>(kv.value)
+        {
+            tracing::info!(commit = %r.commit, "resuming from the stored sync record");
+        }
+        Ok(())
+    }
+
+    /// One txn for the whole plan. `None` when a compare failed (the store moved).
+    async fn apply(
+        &mut self,
+        commit: &str,
+        head: Option<&Head>,
+        plan: &Plan,
+    ) -> Result<Option<(Revision, SyncSummary)>> {
+        let name = &self.config.name;
+        let now = now_rfc3339();
+        let mut txn = Txn::default();
+        txn.compares
+            .push(at_revision(&record_key(name), self.record_revision));
+        let mut written: BTreeMap<String, Option<Value>> = BTreeMap::new();
+        for c in &plan.creates {
+            let value = c.stored(&now, &uuid::Uuid::new_v4().to_string());
+            txn.success.push(Op::Put {
+                key: c.key.clone(),
+                value: value.clone(),
+            });
+            written.insert(c.key.clone(), Some(value));
+        }
+        for u in &plan.updates {
+            txn.compares
+                .push(at_revision(&u.key, resource_version(&u.before)));
+            let value = u.stored();
+            txn.success.push(Op::Put {
+                key: u.key.clone(),
+                value: value.clone(),
+            });
+            written.insert(u.key.clone(), Some(value));
+        }
+        for d in &plan.deletes {
+            txn.compares
+                .push(at_revision(&d.key, resource_version(&d.before)));
+            txn.success.push(Op::Delete { key: d.key.clone() });
+            written.insert(d.key.clone(), None);
+        }
+        let sync = summary(plan, None);
+        let record = SyncRecord {
+            api_version: format!("{GROUP}/v1"),
+            kind: "SyncRecord".into(),
+            metadata: RecordMeta {
+                name: name.clone(),
+                resource_version: None,
+            },
+            commit: commit.to_string(),
+            applied_at: now.clone(),
+            summary: sync.clone(),
+        };
+        txn.success.push(Op::Put {
+            key: record_key(name),
+            value: to_value(&record)?,
+        });
+        let mut status = CommitStatus::new(commit, CommitState::Applied);
+        status.sync = sync.clone();
+        txn.success.push(Op::Put {
+            key: attempt_key(name),
+            value: to_value(&attempt(name, commit, head, &status))?,
+        });
+        let span = tracing::info_span!(
+            "apply",
+            creates = plan.creates.len(),
+            updates = plan.updates.len(),
+            deletes = plan.deletes.len()
+        );
+        let result = self.member.txn_commit(txn).instrument(span).await?;
+        if !result.succeeded {
+            return Ok(None);
+        }
+        for (key, value) in written {
+            match value {
+                Some(mut v) => {
+                    // What the store set, so the next update of this object compares on it.
+                    if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+                        meta.insert(
+                            "resourceVersion".into(),
+                            Value::String(result.revision.to_string()),
+                        );
+                    }
+                    self.owned.insert(key, v);
+                }
+                None => {
+                    self.owned.remove(&key);
+                }
+            }
+        }
+        self.record_revision = result.revision;
+        Ok(Some((result.revision, sync)))
+    }
+}
+
+/// Records an attempt that applied nothing (rejected or held). A free function, not a method:
+/// a `&Syncer` held across the await would make the future `!Send` (a git2 `Repository` is
+/// not `Sync`).
+async fn write_attempt(
+    member: &Member,
+    name: &str,
+    commit: &str,
+    head: Option<&Head>,
+    status: &CommitStatus,
+) -> Result<()> {
+    let value = to_value(&attempt(name, commit, head, status))?;
+    member.txn(Txn::put(attempt_key(name), value)).await?;
+    Ok(())
+}
+
+fn attempt(name: &str, commit: &str, head: Option<&Head>, status: &CommitStatus) -> SyncAttempt {
+    SyncAttempt {
+        api_version: format!("{GROUP}/v1"),
+        kind: "SyncAttempt".into(),
+        metadata: RecordMeta {
+            name: name.to_string(),
+            resource_version: None,
+        },
+        commit: commit.to_string(),
+        summary_line: head.map(|h| h.summary.clone()),
+        attempted_at: status.updated.clone(),
+        state: status.state,
+        message: status.message.clone(),
+        sync: status.sync.clone(),
+        errors: status.errors.clone(),
+    }
+}
+
+fn summary(plan: &Plan, held: Option<String>) -> SyncSummary {
+    let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    SyncSummary {
+        created: count(plan.creates.len()),
+        updated: count(plan.updates.len()),
+        deleted: count(plan.deletes.len()),
+        unchanged: count(plan.unchanged),
+        prune_guard: PruneGuard {
+            held: held.is_some(),
+            reason: held,
+        },
+    }
+}
+
+fn object_status(d: &Desired) -> ObjectStatus {
+    let meta = d.value.get("metadata");
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_string);
+    ObjectStatus {
+        key: d.key.clone(),
+        kind: text(d.value.get("kind")).unwrap_or_default(),
+        namespace: text(meta.and_then(|m| m.get("namespace"))),
+        name: text(meta.and_then(|m| m.get("name"))).unwrap_or_default(),
+        source: d.file.clone(),
+        state: ObjectState::Applied,
+        drift: Vec::new(),
+    }
+}
+
+/// The compare "`key` is still at `revision`" (0: absent).
+fn at_revision(key: &str, revision: Revision) -> Compare {
+    Compare {
+        key: key.to_string(),
+        target: Target::ModRevision,
+        op: CmpOp::Equal,
+        value: revision,
+    }
+}
+
+/// The revision a stored object was read at; 0 (absent) for a value without one, which can
+/// only fail the compare and so leads to a fresh read, never to a lost write.
+fn resource_version(v: &Value) -> Revision {
+    v.pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+fn to_value(v: &impl Serialize) -> Result<Value> {
+    serde_json::to_value(v).map_err(|e| Error::Config {
+        field: "sync record".into(),
+        reason: e.to_string(),
+    })
+}
+
+/// Reads the records `coxswain status` shows.
+pub async fn read_status(
+    kv: &impl Kv,
+    name: &str,
+) -> Result<(Option<SyncRecord>, Option<SyncAttempt>)> {
+    fn decode<T: serde::de::DeserializeOwned>(kv: Option<KeyValue>) -> Option<T> {
+        kv.and_then(|kv| serde_json::from_value(kv.value).ok())
+    }
+    let (_, record) = kv.get(&record_key(name), Consistency::Linearizable).await?;
+    let (_, attempt) = kv
+        .get(&attempt_key(name), Consistency::Linearizable)
+        .await?;
+    Ok((decode(record), decode(attempt)))
+}
