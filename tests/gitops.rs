@@ -1,0 +1,188 @@
+//! The GitOps core through the real binary: `coxswain server --repo` on a repository made with
+//! the `git` CLI, a commit seen through the notify watch (the poll interval is an hour, so
+//! only the watch can find it), `coxswain status`, and the note read back with `git notes`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const TOKEN: &str = "gitops-test-token";
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "Test")
+        .env("GIT_AUTHOR_EMAIL", "test@example.com")
+        .env("GIT_COMMITTER_NAME", "Test")
+        .env("GIT_COMMITTER_EMAIL", "test@example.com")
+        .output()
+        .expect("run git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn configmap(name: &str, value: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: default\ndata:\n  value: \"{value}\"\n"
+    )
+}
+
+/// The server process; killed on drop so a failing test leaves nothing behind.
+struct Server {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Server {
+    fn wait_line(&self, prefix: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        let mut seen = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.starts_with(prefix) => return line,
+                Ok(line) => seen.push(line),
+                Err(_) => break,
+            }
+        }
+        panic!("no line starting with {prefix:?} in {timeout:?}; saw {seen:#?}")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_pushed_commit_is_applied_reported_and_noted() {
+    let repo = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let r = repo.path();
+    git(r, &["init", "-q", "-b", "main"]);
+    std::fs::create_dir_all(r.join("deploy")).unwrap();
+    for i in 0..4 {
+        std::fs::write(
+            r.join(format!("deploy/cm{i}.yaml")),
+            configmap(&format!("cm{i}"), "1"),
+        )
+        .unwrap();
+    }
+    git(r, &["add", "-A"]);
+    git(r, &["commit", "-q", "-m", "four configmaps"]);
+    let first = git(r, &["rev-parse", "HEAD"]);
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_coxswain"))
+        .args([
+            "server",
+            "--id",
+            "1",
+            "--listen",
+            "127.0.0.1:0",
+            "--token",
+            TOKEN,
+        ])
+        .arg("--data")
+        .arg(data.path())
+        .arg("--repo")
+        .arg(r)
+        .args(["--path", "deploy", "--interval", "1h"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let server = Server { child, lines };
+    let listening = server.wait_line(
+        "coxswain server: member 1 listening on ",
+        Duration::from_secs(30),
+    );
+    let addr = listening.rsplit(' ').next().unwrap().to_string();
+    let applied = server.wait_line("coxswain server: applied ", Duration::from_secs(30));
+    assert!(applied.contains(&first), "{applied}");
+    assert!(applied.contains("4 created"), "{applied}");
+
+    // A new commit is found by the watch (the poll would take an hour).
+    std::fs::write(r.join("deploy/cm0.yaml"), configmap("cm0", "2")).unwrap();
+    git(r, &["commit", "-q", "-am", "cm0=2"]);
+    let second = git(r, &["rev-parse", "HEAD"]);
+    let applied = server.wait_line("coxswain server: applied ", Duration::from_secs(10));
+    assert!(applied.contains(&second), "{applied}");
+    assert!(
+        applied.contains("0 created, 1 updated, 0 deleted, 3 unchanged"),
+        "{applied}"
+    );
+
+    // A broken commit is refused with its file and line; the status says so.
+    std::fs::write(
+        r.join("deploy/cm1.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cm1\n  namespace: default\ndata:\n  value: 3\n",
+    )
+    .unwrap();
+    git(r, &["commit", "-q", "-am", "break cm1"]);
+    let bad = git(r, &["rev-parse", "HEAD"]);
+    let rejected = server.wait_line("coxswain server: rejected ", Duration::from_secs(10));
+    assert!(rejected.contains(&bad), "{rejected}");
+    let error = server.wait_line("  ", Duration::from_secs(5));
+    assert!(error.contains("cm1.yaml:7:"), "{error}");
+
+    let status = Command::new(env!("CARGO_BIN_EXE_coxswain"))
+        .args(["status", "--server", &addr, "--token", TOKEN, "-o", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        status.status.code(),
+        Some(1),
+        "a refused newest commit exits 1"
+    );
+    let json: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(json["lastApplied"]["commit"], serde_json::json!(second));
+    assert_eq!(json["lastAttempted"]["commit"], serde_json::json!(bad));
+    assert_eq!(json["lastAttempted"]["state"], serde_json::json!("failed"));
+
+    // Notes are written as the sync goes, at most once a second per commit (the first,
+    // `pending`, at once); wait for each commit's final state to be written.
+    let note_of = |commit: &str| {
+        let out = Command::new("git")
+            .args(["notes", "--ref", "coxswain", "show", commit])
+            .current_dir(r)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let wait_note = |commit: &str, state: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let note = note_of(commit);
+            if note.starts_with(&format!("coxswain: {state}")) || Instant::now() > deadline {
+                return note;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let note = wait_note(&bad, "failed");
+    assert!(
+        note.starts_with("coxswain: failed") && note.contains("cm1.yaml:7"),
+        "{note}"
+    );
+    let note = wait_note(&second, "applied");
+    assert!(note.starts_with("coxswain: applied"), "{note}");
+    drop(server);
+}
