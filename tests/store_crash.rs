@@ -455,7 +455,13 @@ async fn single_member_survives_50_kill_9_during_writes() {
         let writers: Vec<_> = (0..WRITERS)
             .map(|w| tokio::spawn(writer(client.clone(), book.clone(), stop.clone(), w)))
             .collect();
-        tokio::time::sleep(Duration::from_millis(100 + rng.next() % 301)).await;
+        // Kill only once writes are flowing (a loaded machine can take a while after a
+        // restart), then at a random moment among them.
+        let flowing = Instant::now() + Duration::from_secs(20);
+        while book.acked.load(Ordering::SeqCst) == acked_before && Instant::now() < flowing {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.next() % 301)).await;
         proc.kill9();
         stop.store(true, Ordering::SeqCst);
         for w in writers {
