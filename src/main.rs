@@ -2,6 +2,7 @@
 //! command line, sets up logging and maps results to exit codes (0 success, 1 a negative
 //! answer such as "invalid", 2 a usage or I/O error).
 
+mod diff;
 mod server;
 mod status;
 mod validate;
@@ -33,6 +34,8 @@ enum Command {
     /// Run one member of the replicated store, and with --repo the GitOps sync.
     // Boxed: its flags make it far larger than the other variants.
     Server(Box<server::Args>),
+    /// Show what the sync would change for a commit, without applying it.
+    Diff(diff::Args),
     /// Show the sync's last attempted and last applied commit.
     Status(status::Args),
 }
@@ -51,6 +54,7 @@ fn main() -> ExitCode {
         Command::Validate(args) => validate::run(&args),
         Command::Server(args) => server::run(*args),
         Command::Status(args) => status::run(&args),
+        Command::Diff(args) => diff::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -130,6 +130,35 @@ fn a_pushed_commit_is_applied_reported_and_noted() {
         "{applied}"
     );
 
+    // `coxswain diff` plans a branch the server does not follow, and applies nothing.
+    git(r, &["checkout", "-q", "-b", "feature"]);
+    std::fs::write(r.join("deploy/cm2.yaml"), configmap("cm2", "9")).unwrap();
+    std::fs::remove_file(r.join("deploy/cm3.yaml")).unwrap();
+    git(r, &["commit", "-q", "-am", "cm2=9, no cm3"]);
+    git(r, &["checkout", "-q", "main"]);
+    let diff = |rev: &str| {
+        Command::new(env!("CARGO_BIN_EXE_coxswain"))
+            .arg("diff")
+            .arg(r.join("deploy"))
+            .args(["--rev", rev, "--server", &addr, "--token", TOKEN])
+            .output()
+            .unwrap()
+    };
+    let out = diff("feature");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "changes exit 1: {text}");
+    assert!(text.contains("/core/ConfigMap/default/cm2"), "{text}");
+    assert!(text.contains("\"9\""), "{text}");
+    assert!(text.contains("- /core/ConfigMap/default/cm3"), "{text}");
+    assert!(text.contains("1 to update, 1 to delete"), "{text}");
+    let out = diff("main");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
     // A broken commit is refused with its file and line; the status says so.
     std::fs::write(
         r.join("deploy/cm1.yaml"),
