@@ -417,6 +417,17 @@ impl Member {
         rx.await.map_err(|_| Error::Stopped)?
     }
 
+    /// Waits until this member, as leader, has applied everything committed when the read
+    /// began (openraft's read index); a follower gets `NotLeader`.
+    async fn read_index(&self) -> Result<()> {
+        self.inner
+            .raft
+            .ensure_linearizable()
+            .await
+            .map(|_| ())
+            .map_err(read_error)
+    }
+
     /// This member's own answer to a read; linearizable only on the leader.
     pub async fn get_local(
         &self,
@@ -425,11 +436,7 @@ impl Member {
     ) -> Result<(Revision, Option<KeyValue>)> {
         self.inner.limits.check_key(key)?;
         if consistency == Consistency::Linearizable {
-            self.inner
-                .raft
-                .ensure_linearizable()
-                .await
-                .map_err(read_error)?;
+            self.read_index().await?;
         }
         let sm = self.inner.sm.shared.clone();
         let key = key.to_string();
@@ -448,11 +455,7 @@ impl Member {
         let cont = continue_token.map(Continue::decode).transpose()?;
         // A continued list reads at its first page's revision; it needs no new read index.
         if consistency == Consistency::Linearizable && cont.is_none() {
-            self.inner
-                .raft
-                .ensure_linearizable()
-                .await
-                .map_err(read_error)?;
+            self.read_index().await?;
         }
         let sm = self.inner.sm.shared.clone();
         let prefix = prefix.to_string();

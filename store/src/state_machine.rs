@@ -220,6 +220,27 @@ impl Shared {
         }
     }
 
+    /// `meta`, read from `snap`, so several records (and the data) agree with each other.
+    fn meta_at<T: serde::de::DeserializeOwned>(
+        &self,
+        snap: &rocksdb::Snapshot<'_>,
+        key: &[u8],
+    ) -> Result<Option<T>> {
+        snap.get_cf(cf(&self.db, CF_SM_META)?, key)
+            .map_err(Error::rocks("read state"))?
+            .map(|b| serde_json::from_slice(&b).map_err(json_err("state machine meta")))
+            .transpose()
+    }
+
+    /// The last applied revision and the compaction point, as of `snap`.
+    fn marks_at(&self, snap: &rocksdb::Snapshot<'_>) -> Result<(Revision, Revision)> {
+        let applied = self
+            .meta_at::<LogId>(snap, KEY_APPLIED)?
+            .map_or(0, |l| l.index);
+        let compacted = self.meta_at::<Revision>(snap, KEY_COMPACTED)?.unwrap_or(0);
+        Ok((applied, compacted))
+    }
+
     /// Ends every watch on this member, so the connections serving them can close.
     pub fn stop_watches(&self) {
         let _ = self.notify.send(Notice::Stopped);
@@ -407,11 +428,8 @@ impl Shared {
     /// This member's current value of `key`, with the revision it was read at.
     pub fn get(&self, key: &str) -> Result<(Revision, Option<KeyValue>)> {
         let snap = self.db.snapshot();
-        let applied = snap
-            .get_cf(cf(&self.db, CF_SM_META)?, KEY_APPLIED)
-            .map_err(Error::rocks("read state"))?
-            .map(|b| serde_json::from_slice::<LogId>(&b).map_err(json_err("log id")))
-            .transpose()?
+        let applied = self
+            .meta_at::<LogId>(&snap, KEY_APPLIED)?
             .map_or(0, |l| l.index);
         let value = snap
             .get_cf(cf(&self.db, CF_KV)?, key.as_bytes())
@@ -428,18 +446,7 @@ impl Shared {
     /// compaction point is refused, as etcd and the Kubernetes API do with 410 Gone.
     pub fn list(&self, prefix: &str, limit: usize, cont: Option<&Continue>) -> Result<ListPage> {
         let snap = self.db.snapshot();
-        let current = snap
-            .get_cf(cf(&self.db, CF_SM_META)?, KEY_APPLIED)
-            .map_err(Error::rocks("read state"))?
-            .map(|b| serde_json::from_slice::<LogId>(&b).map_err(json_err("log id")))
-            .transpose()?
-            .map_or(0, |l| l.index);
-        let compacted = snap
-            .get_cf(cf(&self.db, CF_SM_META)?, KEY_COMPACTED)
-            .map_err(Error::rocks("read state"))?
-            .map(|b| serde_json::from_slice::<Revision>(&b).map_err(json_err("revision")))
-            .transpose()?
-            .unwrap_or(0);
+        let (current, compacted) = self.marks_at(&snap)?;
         let (revision, after) = match cont {
             None => (current, None),
             Some(c) => {
@@ -558,18 +565,7 @@ impl Shared {
     /// instant. Returns the batches and the revision the read covered up to.
     pub fn history(&self, from: Revision, max: usize) -> Result<(Vec<WatchBatch>, Revision)> {
         let snap = self.db.snapshot();
-        let applied = snap
-            .get_cf(cf(&self.db, CF_SM_META)?, KEY_APPLIED)
-            .map_err(Error::rocks("read state"))?
-            .map(|b| serde_json::from_slice::<LogId>(&b).map_err(json_err("log id")))
-            .transpose()?
-            .map_or(0, |l| l.index);
-        let compacted = snap
-            .get_cf(cf(&self.db, CF_SM_META)?, KEY_COMPACTED)
-            .map_err(Error::rocks("read state"))?
-            .map(|b| serde_json::from_slice::<Revision>(&b).map_err(json_err("revision")))
-            .transpose()?
-            .unwrap_or(0);
+        let (applied, compacted) = self.marks_at(&snap)?;
         if from <= compacted {
             return Err(Error::Compacted {
                 requested: from,
@@ -608,22 +604,9 @@ impl Shared {
 
     fn build_snapshot_blocking(&self) -> Result<SnapshotMeta> {
         let snap = self.db.snapshot();
-        let meta_cf = cf(&self.db, CF_SM_META)?;
-        let read = |key: &[u8]| -> Result<Option<Vec<u8>>> {
-            snap.get_cf(meta_cf, key)
-                .map_err(Error::rocks("read state"))
-        };
-        let last: Option<LogId> = read(KEY_APPLIED)?
-            .map(|b| serde_json::from_slice(&b).map_err(json_err("log id")))
-            .transpose()?;
-        let membership: StoredMembership = read(KEY_MEMBERSHIP)?
-            .map(|b| serde_json::from_slice(&b).map_err(json_err("membership")))
-            .transpose()?
-            .unwrap_or_default();
-        let compacted: Revision = read(KEY_COMPACTED)?
-            .map(|b| serde_json::from_slice(&b).map_err(json_err("revision")))
-            .transpose()?
-            .unwrap_or(0);
+        let last: Option<LogId> = self.meta_at(&snap, KEY_APPLIED)?;
+        let membership: StoredMembership = self.meta_at(&snap, KEY_MEMBERSHIP)?.unwrap_or_default();
+        let compacted: Revision = self.meta_at(&snap, KEY_COMPACTED)?.unwrap_or(0);
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
