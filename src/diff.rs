@@ -3,16 +3,16 @@
 //! for no changes, 1 for changes, 2 for an error (an invalid commit included), like
 //! `flux diff`.
 
-use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use coxswain_reconciler::plan::{desired_from_report, is_git_owned, plan};
+use coxswain_reconciler::plan::{desired_from_report, plan};
 use coxswain_reconciler::source::GitTree;
+use coxswain_reconciler::sync::load_owned;
 use coxswain_schema::{Limits, validate_tree};
-use coxswain_store::{Client, Consistency, Kv};
+use coxswain_store::Client;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -50,15 +50,9 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     let client = Client::new(vec![args.server.clone()], &args.token);
-    let page = rt
-        .block_on(client.list("/", 0, None, Consistency::Linearizable))
+    let owned = rt
+        .block_on(load_owned(&client))
         .with_context(|| format!("listing the store at {}", args.server))?;
-    let owned: BTreeMap<String, serde_json::Value> = page
-        .items
-        .into_iter()
-        .filter(|kv| is_git_owned(&kv.value))
-        .map(|kv| (kv.key, kv.value))
-        .collect();
     let plan = plan(&desired, &owned);
     print!("{}", plan.render(color));
     Ok(if plan.is_empty() {

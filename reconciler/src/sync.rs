@@ -208,16 +208,8 @@ impl Syncer {
                 errors = errors.len(),
                 "commit rejected; the last good commit keeps running"
             );
-            write_attempt(
-                &self.member,
-                &self.config.name,
-                &commit,
-                head.as_ref(),
-                &status,
-            )
-            .await?;
-            self.submit_note(status);
-            self.last_attempt = Some(commit.clone());
+            self.record_unapplied(&commit, head.as_ref(), status)
+                .await?;
             // The invalid report is not kept: its files are re-parsed when fixed anyway, and
             // the valid previous report stays the better base.
             return Ok(Outcome::Rejected { commit, errors });
@@ -236,16 +228,8 @@ impl Syncer {
                 let mut status = CommitStatus::new(commit.clone(), CommitState::Pending);
                 status.sync = summary(&plan, Some(reason.clone()));
                 status.message = Some(reason.clone());
-                write_attempt(
-                    &self.member,
-                    &self.config.name,
-                    &commit,
-                    head.as_ref(),
-                    &status,
-                )
-                .await?;
-                self.submit_note(status);
-                self.last_attempt = Some(commit.clone());
+                self.record_unapplied(&commit, head.as_ref(), status)
+                    .await?;
                 return Ok(Outcome::Held {
                     commit,
                     reason: reason.clone(),
@@ -334,6 +318,23 @@ impl Syncer {
         }
     }
 
+    /// Ends the attempt of a commit that applied nothing (rejected or held): the attempt
+    /// record, the note, and no second look at the same commit.
+    async fn record_unapplied(
+        &mut self,
+        commit: &str,
+        head: Option<&Head>,
+        status: CommitStatus,
+    ) -> Result<()> {
+        let value = to_value(&attempt(&self.config.name, commit, head, &status))?;
+        self.member
+            .txn(Txn::put(attempt_key(&self.config.name), value))
+            .await?;
+        self.submit_note(status);
+        self.last_attempt = Some(commit.to_string());
+        Ok(())
+    }
+
     fn submit_note(&self, status: CommitStatus) {
         if let Some(n) = &self.notes {
             n.submit(status);
@@ -351,17 +352,9 @@ impl Syncer {
         if self.inventory_loaded && revision == self.record_revision {
             return Ok(());
         }
-        let page = self
-            .member
-            .list("/", 0, None, Consistency::Linearizable)
+        self.owned = load_owned(&self.member)
             .instrument(tracing::info_span!("load_inventory"))
             .await?;
-        self.owned = page
-            .items
-            .into_iter()
-            .filter(|kv| is_git_owned(&kv.value))
-            .map(|kv| (kv.key, kv.value))
-            .collect();
         self.record_revision = revision;
         self.inventory_loaded = true;
         if self.last_attempt.is_none()
@@ -464,21 +457,6 @@ impl Syncer {
     }
 }
 
-/// Records an attempt that applied nothing (rejected or held). A free function, not a method:
-/// a `&Syncer` held across the await would make the future `!Send` (a git2 `Repository` is
-/// not `Sync`).
-async fn write_attempt(
-    member: &Member,
-    name: &str,
-    commit: &str,
-    head: Option<&Head>,
-    status: &CommitStatus,
-) -> Result<()> {
-    let value = to_value(&attempt(name, commit, head, status))?;
-    member.txn(Txn::put(attempt_key(name), value)).await?;
-    Ok(())
-}
-
 fn attempt(name: &str, commit: &str, head: Option<&Head>, status: &CommitStatus) -> SyncAttempt {
     SyncAttempt {
         api_version: format!("{GROUP}/v1"),
@@ -549,6 +527,17 @@ fn to_value(v: &impl Serialize) -> Result<Value> {
         field: "sync record".into(),
         reason: e.to_string(),
     })
+}
+
+/// The Git-owned objects in the store, by key, as stored: what a commit is planned against.
+pub async fn load_owned(kv: &impl Kv) -> Result<BTreeMap<String, Value>> {
+    let page = kv.list("/", 0, None, Consistency::Linearizable).await?;
+    Ok(page
+        .items
+        .into_iter()
+        .filter(|kv| is_git_owned(&kv.value))
+        .map(|kv| (kv.key, kv.value))
+        .collect())
 }
 
 /// Reads the records `coxswain status` shows.
