@@ -2,6 +2,7 @@
 //! command line, sets up logging and maps results to exit codes (0 success, 1 a negative
 //! answer such as "invalid", 2 a usage or I/O error).
 
+mod config;
 mod diff;
 mod server;
 mod status;

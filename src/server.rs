@@ -5,20 +5,29 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use coxswain_reconciler::prune::PrunePolicy;
+use coxswain_reconciler::source::{Reference, Source, SourceConfig};
+use coxswain_reconciler::sync::{Outcome, SyncConfig, Syncer};
 use coxswain_store::client::{JoinRequest, JoinResponse, Peer};
 use coxswain_store::{Error, Member, MemberConfig, server};
 
+use crate::config::FileConfig;
+
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    /// Read these settings from a YAML file; flags given as well win over it.
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// This member's id, unique in the cluster (a positive number).
     #[arg(long)]
-    id: u64,
+    id: Option<u64>,
     /// Where this member keeps its RocksDB and snapshots.
     #[arg(long)]
-    data: PathBuf,
-    /// Address to listen on, e.g. 127.0.0.1:7400 (port 0 picks a free port).
-    #[arg(long, default_value = "127.0.0.1:7400")]
-    listen: String,
+    data: Option<PathBuf>,
+    /// Address to listen on, e.g. 127.0.0.1:7400 (port 0 picks a free port) [default:
+    /// 127.0.0.1:7400].
+    #[arg(long)]
+    listen: Option<String>,
     /// Address other members reach this one at; defaults to the address listened on.
     #[arg(long)]
     advertise: Option<String>,
@@ -27,10 +36,10 @@ pub struct Args {
     join: Option<String>,
     /// The cluster's shared token (or set COXSWAIN_TOKEN).
     #[arg(long, env = "COXSWAIN_TOKEN", hide_env_values = true)]
-    token: String,
-    /// Take a snapshot (and purge the log before it) every this many entries.
-    #[arg(long, default_value_t = 10_000)]
-    snapshot_every: u64,
+    token: Option<String>,
+    /// Take a snapshot (and purge the log before it) every this many entries [default: 10000].
+    #[arg(long)]
+    snapshot_every: Option<u64>,
     #[command(flatten)]
     sync: SyncArgs,
 }
@@ -59,30 +68,126 @@ pub struct SyncArgs {
     /// Where bare caches of remote repositories are kept (default: DATA/git).
     #[arg(long)]
     cache_dir: Option<PathBuf>,
-    /// Hold back a commit that deletes more than this share of the Git-owned objects.
-    #[arg(long, default_value_t = coxswain_reconciler::prune::DEFAULT_MAX_SHARE)]
-    prune_max_share: f64,
+    /// Push the status notes (refs/notes/coxswain) to a remote repository.
+    #[arg(long)]
+    push_notes: bool,
+    /// Hold back a commit that deletes more than this share of the Git-owned objects
+    /// [default: 0.25].
+    #[arg(long)]
+    prune_max_share: Option<f64>,
     /// Let every commit prune, whatever it deletes.
     #[arg(long)]
     allow_prune: bool,
 }
 
+/// The settings of one member, from the flags over the config file over the defaults.
+#[derive(Debug)]
+struct Settings {
+    id: u64,
+    data: PathBuf,
+    listen: String,
+    advertise: Option<String>,
+    join: Option<String>,
+    token: String,
+    snapshot_every: u64,
+    source: Option<SourceConfig>,
+    prune: PrunePolicy,
+}
+
+impl Settings {
+    fn resolve(args: Args) -> anyhow::Result<Settings> {
+        let file = match &args.config {
+            Some(path) => crate::config::load(path)?,
+            None => FileConfig::default(),
+        };
+        let file_token = match &args.config {
+            Some(path) => file.token(path)?,
+            None => None,
+        };
+        let Some(id) = args.id.or(file.id) else {
+            bail!("the member id is missing: pass --id or set id in the config file");
+        };
+        if id == 0 {
+            bail!("--id must be a positive number");
+        }
+        let Some(data) = args.data.or(file.data) else {
+            bail!("the data folder is missing: pass --data or set data in the config file");
+        };
+        let token = args.token.or(file_token).unwrap_or_default();
+        if token.is_empty() {
+            bail!(
+                "the cluster token is missing; pass --token, set COXSWAIN_TOKEN, or set token or token_file in the config file"
+            );
+        }
+        let s = args.sync;
+        let mut source = match (s.repo, file.source) {
+            (Some(repo), Some(from_file)) => Some(SourceConfig { repo, ..from_file }),
+            (Some(repo), None) => Some(SourceConfig::new(repo)),
+            (None, from_file) => from_file,
+        };
+        if let Some(cfg) = source.as_mut() {
+            if s.path.is_some() {
+                cfg.path = s.path;
+            }
+            match (s.branch, s.tag, s.commit) {
+                (_, Some(t), _) => cfg.reference = Reference::Tag(t),
+                (_, _, Some(c)) => cfg.reference = Reference::Commit(c),
+                (Some(b), _, _) => cfg.reference = Reference::Branch(b),
+                _ => {}
+            }
+            if let Some(i) = s.interval {
+                cfg.interval = i;
+            }
+            if let Some(dir) = s.cache_dir {
+                cfg.cache_dir = Some(dir);
+            }
+            if cfg.cache_dir.is_none() {
+                cfg.cache_dir = Some(data.join("git"));
+            }
+            cfg.push_notes |= s.push_notes;
+            cfg.validate()?;
+        } else if s.path.is_some() || s.branch.is_some() || s.tag.is_some() || s.commit.is_some() {
+            bail!(
+                "--path, --branch, --tag and --commit need a source: pass --repo or set source in the config file"
+            );
+        }
+        let prune = PrunePolicy::new(
+            s.prune_max_share
+                .or(file.prune.max_share)
+                .unwrap_or(coxswain_reconciler::prune::DEFAULT_MAX_SHARE),
+            s.allow_prune || file.prune.allow,
+        )?;
+        Ok(Settings {
+            id,
+            data,
+            listen: args
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| "127.0.0.1:7400".to_string()),
+            advertise: args.advertise.or(file.advertise),
+            join: args.join.or(file.join),
+            token,
+            snapshot_every: args
+                .snapshot_every
+                .or(file.snapshot_every)
+                .unwrap_or(10_000),
+            source,
+            prune,
+        })
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    if args.id == 0 {
-        bail!("--id must be a positive number");
-    }
-    if args.token.is_empty() {
-        bail!("the cluster token is empty; pass --token or set COXSWAIN_TOKEN");
-    }
+    let settings = Settings::resolve(args)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(serve(args))?;
+    rt.block_on(serve(settings))?;
     Ok(ExitCode::SUCCESS)
 }
 
-async fn serve(args: Args) -> anyhow::Result<()> {
+async fn serve(args: Settings) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
@@ -96,9 +201,14 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     // Tests and scripts read this line to learn the port.
     println!("coxswain server: member {} listening on {bound}", args.id);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let sync = match args.sync.repo.is_some() {
-        true => Some(start_sync(&args, member.clone(), stop_rx.clone())?),
-        false => None,
+    let sync = match &args.source {
+        Some(source) => Some(start_sync(
+            source,
+            args.prune,
+            member.clone(),
+            stop_rx.clone(),
+        )?),
+        None => None,
     };
     let server = tokio::spawn(server::serve(listener, member.clone(), async move {
         shutdown_signal().await;
@@ -130,34 +240,15 @@ async fn serve(args: Args) -> anyhow::Result<()> {
 /// Opens the source and runs the sync loop while this member leads; the loop writes its
 /// pending notes and ends when `stop` turns true.
 fn start_sync(
-    args: &Args,
+    cfg: &SourceConfig,
+    prune: PrunePolicy,
     member: Member,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    use coxswain_reconciler::prune::PrunePolicy;
-    use coxswain_reconciler::source::{Reference, Source, SourceConfig};
-    use coxswain_reconciler::sync::{Outcome, SyncConfig, Syncer};
-
-    let s = &args.sync;
-    let Some(repo) = s.repo.clone() else {
-        bail!("no --repo to sync");
-    };
-    let mut cfg = SourceConfig::new(repo);
-    cfg.path = s.path.clone();
-    cfg.reference = match (&s.branch, &s.tag, &s.commit) {
-        (_, Some(t), _) => Reference::Tag(t.clone()),
-        (_, _, Some(c)) => Reference::Commit(c.clone()),
-        (Some(b), _, _) => Reference::Branch(b.clone()),
-        _ => Reference::default(),
-    };
-    if let Some(i) = s.interval {
-        cfg.interval = i;
-    }
-    cfg.cache_dir = Some(s.cache_dir.clone().unwrap_or_else(|| args.data.join("git")));
-    let source = Source::open(&cfg).context("opening the Git source")?;
+    let source = Source::open(cfg).context("opening the Git source")?;
     let mut triggers = source.triggers().context("watching the Git source")?;
     let config = SyncConfig {
-        prune: PrunePolicy::new(s.prune_max_share, s.allow_prune)?,
+        prune,
         ..SyncConfig::default()
     };
     let mut syncer = Syncer::new(member.clone(), source, config)?;

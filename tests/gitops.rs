@@ -42,6 +42,25 @@ struct Server {
 }
 
 impl Server {
+    /// Starts `cmd` with its stdout read line by line on a thread.
+    fn spawn(mut cmd: Command) -> Server {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Server { child, lines }
+    }
+
     fn wait_line(&self, prefix: &str, timeout: Duration) -> String {
         let deadline = Instant::now() + timeout;
         let mut seen = Vec::new();
@@ -81,35 +100,22 @@ fn a_pushed_commit_is_applied_reported_and_noted() {
     git(r, &["commit", "-q", "-m", "four configmaps"]);
     let first = git(r, &["rev-parse", "HEAD"]);
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_coxswain"))
-        .args([
-            "server",
-            "--id",
-            "1",
-            "--listen",
-            "127.0.0.1:0",
-            "--token",
-            TOKEN,
-        ])
-        .arg("--data")
-        .arg(data.path())
-        .arg("--repo")
-        .arg(r)
-        .args(["--path", "deploy", "--interval", "1h"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let server = Server { child, lines };
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_coxswain"));
+    cmd.args([
+        "server",
+        "--id",
+        "1",
+        "--listen",
+        "127.0.0.1:0",
+        "--token",
+        TOKEN,
+    ])
+    .arg("--data")
+    .arg(data.path())
+    .arg("--repo")
+    .arg(r)
+    .args(["--path", "deploy", "--interval", "1h"]);
+    let server = Server::spawn(cmd);
     let listening = server.wait_line(
         "coxswain server: member 1 listening on ",
         Duration::from_secs(30),
@@ -188,30 +194,112 @@ fn a_pushed_commit_is_applied_reported_and_noted() {
 
     // Notes are written as the sync goes, at most once a second per commit (the first,
     // `pending`, at once); wait for each commit's final state to be written.
-    let note_of = |commit: &str| {
-        let out = Command::new("git")
-            .args(["notes", "--ref", "coxswain", "show", commit])
-            .current_dir(r)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let wait_note = |commit: &str, state: &str| {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let note = note_of(commit);
-            if note.starts_with(&format!("coxswain: {state}")) || Instant::now() > deadline {
-                return note;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
-    let note = wait_note(&bad, "failed");
+    let note = wait_note(&r.join(".git"), &bad, "failed");
     assert!(
         note.starts_with("coxswain: failed") && note.contains("cm1.yaml:7"),
         "{note}"
     );
-    let note = wait_note(&second, "applied");
+    let note = wait_note(&r.join(".git"), &second, "applied");
     assert!(note.starts_with("coxswain: applied"), "{note}");
     drop(server);
+}
+
+/// The notes of `commit` in the repository at `git_dir`, waiting up to 10 s for one that
+/// starts with `coxswain: STATE`.
+fn wait_note(git_dir: &Path, commit: &str, state: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = Command::new("git")
+            .arg("--git-dir")
+            .arg(git_dir)
+            .args(["notes", "--ref", "coxswain", "show", commit])
+            .output()
+            .unwrap();
+        let note = String::from_utf8_lossy(&out.stdout).into_owned();
+        if note.starts_with(&format!("coxswain: {state}")) || Instant::now() > deadline {
+            return note;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_config_file_syncs_a_remote_and_pushes_its_notes_there() {
+    let tmp = tempfile::tempdir().unwrap();
+    let origin = tmp.path().join("origin.git");
+    let work = tmp.path().join("work");
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&work).unwrap();
+    git(
+        tmp.path(),
+        &["init", "-q", "--bare", "-b", "main", "origin.git"],
+    );
+    git(&work, &["init", "-q", "-b", "main"]);
+    std::fs::create_dir_all(work.join("deploy")).unwrap();
+    std::fs::write(work.join("deploy/a.yaml"), configmap("a", "1")).unwrap();
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-q", "-m", "a"]);
+    let url = format!("file://{}", origin.display());
+    git(&work, &["push", "-q", &url, "main"]);
+    let first = git(&work, &["rev-parse", "HEAD"]);
+
+    // Everything but the member's id comes from the file; the flag gives that.
+    let config = tmp.path().join("coxswain.yaml");
+    std::fs::write(tmp.path().join("token"), format!("{TOKEN}\n")).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "data: {}\nlisten: 127.0.0.1:0\ntoken_file: token\nsource:\n  repo: {url}\n  \
+             ref: {{branch: main}}\n  path: deploy\n  interval: 200ms\n  push_notes: true\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_coxswain"));
+    cmd.args(["server", "--id", "1", "--config"]).arg(&config);
+    let server = Server::spawn(cmd);
+    server.wait_line(
+        "coxswain server: member 1 listening on ",
+        Duration::from_secs(30),
+    );
+    let applied = server.wait_line("coxswain server: applied ", Duration::from_secs(30));
+    assert!(applied.contains(&first), "{applied}");
+
+    // A push to the remote is found by the poll; its note is pushed back to the remote.
+    std::fs::write(work.join("deploy/b.yaml"), configmap("b", "1")).unwrap();
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-q", "-m", "b"]);
+    git(&work, &["push", "-q", &url, "main"]);
+    let second = git(&work, &["rev-parse", "HEAD"]);
+    let applied = server.wait_line("coxswain server: applied ", Duration::from_secs(10));
+    assert!(applied.contains(&second), "{applied}");
+    assert!(applied.contains("1 created"), "{applied}");
+    let note = wait_note(&origin, &second, "applied");
+    assert!(note.starts_with("coxswain: applied"), "{note}");
+    let note = wait_note(&origin, &first, "applied");
+    assert!(note.starts_with("coxswain: applied"), "{note}");
+    // The remote was fetched into a cache under the data folder, not cloned into a work tree.
+    assert!(data.join("git").is_dir());
+    drop(server);
+}
+
+#[test]
+fn a_bad_config_file_is_refused_with_its_file_line_and_field() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("coxswain.yaml");
+    std::fs::write(
+        &config,
+        "id: 1\ndata: /tmp/x\ntoken: t\nsource:\n  repo: /tmp/r\n  interval: soon\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_coxswain"))
+        .args(["server", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let want = format!("{}:6:3: source.interval:", config.display());
+    assert!(stderr.contains(&want), "{stderr}");
+    assert!(stderr.contains("soon"), "{stderr}");
 }

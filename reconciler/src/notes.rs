@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use crate::source::RemoteAccess;
 use crate::{Error, Result};
 
 /// The notes ref coxswain owns; `git notes --ref coxswain` resolves to it.
@@ -688,17 +689,11 @@ impl Drop for Scratch<'_> {
     }
 }
 
-/// A git2 credentials callback (`url, username from the URL, allowed types`), as the source
-/// module builds for fetching; shared so pushing notes authenticates the same way.
-pub type Credentials = dyn Fn(&str, Option<&str>, git2::CredentialType) -> std::result::Result<git2::Cred, git2::Error>
-    + Send
-    + Sync;
-
 /// Pushes [`NOTES_REF`] to `remote_url`, never by force. When the remote's notes ref moved
 /// (another coxswain, a user's `git push origin refs/notes/coxswain`), fetches it, re-writes
 /// our notes on top of it (for a commit noted on both sides, ours wins only if it is a status
 /// that may follow theirs) and pushes again. Does nothing when there are no notes. Blocking.
-pub fn push(repo: &Repository, remote_url: &str, auth: Option<&Credentials>) -> Result<()> {
+pub fn push(repo: &Repository, remote_url: &str, access: Option<&RemoteAccess>) -> Result<()> {
     let shown = redact(remote_url);
     let span = tracing::info_span!("note_push", remote = %shown);
     let _entered = span.enter();
@@ -710,13 +705,13 @@ pub fn push(repo: &Repository, remote_url: &str, auth: Option<&Credentials>) -> 
         .remote_anonymous(remote_url)
         .map_err(Error::git(format!("opening remote {shown}")))?;
     for attempt in 0..MAX_ATTEMPTS {
-        let Some(why) = push_once(&mut remote, auth, &shown)? else {
+        let Some(why) = push_once(&mut remote, access, &shown)? else {
             tracing::info!("notes pushed");
             return Ok(());
         };
         tracing::debug!(attempt, %why, "push refused; merging the remote's notes");
         let fetched = Scratch::at(repo, None, "fetched")?;
-        fetch_notes(&mut remote, &fetched.name, auth, &shown)?;
+        fetch_notes(&mut remote, &fetched.name, access, &shown)?;
         let Some(theirs) = fetched.target()? else {
             // Refused, yet the remote has no notes ref: not a race we can resolve.
             return Err(refused(&shown, why));
@@ -740,14 +735,11 @@ pub fn push(repo: &Repository, remote_url: &str, auth: Option<&Credentials>) -> 
 /// One push attempt: `None` when it went through, `Some(why)` when the remote refused it.
 fn push_once(
     remote: &mut git2::Remote<'_>,
-    auth: Option<&Credentials>,
+    access: Option<&RemoteAccess>,
     shown: &str,
 ) -> Result<Option<String>> {
     let refused: RefCell<Option<String>> = RefCell::new(None);
-    let mut callbacks = git2::RemoteCallbacks::new();
-    if let Some(auth) = auth {
-        callbacks.credentials(move |url, user, allowed| auth(url, user, allowed));
-    }
+    let mut callbacks = access.map(RemoteAccess::callbacks).unwrap_or_default();
     callbacks.push_update_reference(|name, status| {
         if let Some(status) = status {
             *refused.borrow_mut() = Some(format!("{name}: {status}"));
@@ -773,13 +765,10 @@ fn push_once(
 fn fetch_notes(
     remote: &mut git2::Remote<'_>,
     into: &str,
-    auth: Option<&Credentials>,
+    access: Option<&RemoteAccess>,
     shown: &str,
 ) -> Result<()> {
-    let mut callbacks = git2::RemoteCallbacks::new();
-    if let Some(auth) = auth {
-        callbacks.credentials(move |url, user, allowed| auth(url, user, allowed));
-    }
+    let callbacks = access.map(RemoteAccess::callbacks).unwrap_or_default();
     let mut options = git2::FetchOptions::new();
     options
         .remote_callbacks(callbacks)
@@ -886,6 +875,17 @@ pub struct WriterStats {
     pub skipped: u64,
     /// Writes that returned an error (logged); a later submit of that commit tries again.
     pub failed: u64,
+    /// Pushes of the notes ref to the remote that went through.
+    pub pushed: u64,
+    /// Pushes that failed (logged); the notes stay in the cache and go with the next push.
+    pub push_failed: u64,
+}
+
+/// Where a [`NoteWriter`] pushes the notes ref after writing: the source's remote.
+#[derive(Debug, Clone)]
+pub struct PushTarget {
+    pub url: String,
+    pub access: RemoteAccess,
 }
 
 /// Rate-limits note writes for the sync loop: statuses submitted for one commit are coalesced
@@ -915,6 +915,16 @@ impl NoteWriter {
     }
 
     pub fn with_interval(repo_path: &Path, interval: Duration) -> Result<Self> {
+        Self::with_push(repo_path, interval, None)
+    }
+
+    /// A writer that also pushes the notes ref to `push` after each round of writes, at most
+    /// once per interval, and once more on close when something is still unpushed.
+    pub fn with_push(
+        repo_path: &Path,
+        interval: Duration,
+        push: Option<PushTarget>,
+    ) -> Result<Self> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|e| Error::Config {
             field: "note writer".to_string(),
             reason: format!("needs a tokio runtime: {e}"),
@@ -923,8 +933,15 @@ impl NoteWriter {
             .map_err(Error::git(format!("opening {}", repo_path.display())))?;
         let shared = Arc::new(Shared::default());
         let span = tracing::info_span!("note_writer", repo = %repo_path.display());
-        let task = runtime
-            .spawn(run(Arc::new(Mutex::new(repo)), Arc::clone(&shared), interval).instrument(span));
+        let task = runtime.spawn(
+            run(
+                Arc::new(Mutex::new(repo)),
+                Arc::clone(&shared),
+                interval,
+                push,
+            )
+            .instrument(span),
+        );
         Ok(NoteWriter {
             shared,
             task: Some(task),
@@ -974,9 +991,20 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-async fn run(repo: Arc<Mutex<Repository>>, shared: Arc<Shared>, interval: Duration) -> WriterStats {
+async fn run(
+    repo: Arc<Mutex<Repository>>,
+    shared: Arc<Shared>,
+    interval: Duration,
+    push_to: Option<PushTarget>,
+) -> WriterStats {
     let mut stats = WriterStats::default();
     let mut last_write: HashMap<String, Instant> = HashMap::new();
+    // Notes written since the last push that went through; pushed at most once per interval
+    // so that a remote that is down is not hammered, and once more on close. A new writer
+    // pushes once at start, which carries what an earlier run could not push.
+    let mut unpushed =
+        push_to.is_some() && matches!(ref_target(&lock(&repo), NOTES_REF), Ok(Some(_)));
+    let mut last_push: Option<Instant> = None;
     loop {
         let closing = shared.closing.load(Ordering::Acquire);
         let now = Instant::now();
@@ -1001,7 +1029,10 @@ async fn run(repo: Arc<Mutex<Repository>>, shared: Arc<Shared>, interval: Durati
             let repo = Arc::clone(&repo);
             let written = tokio::task::spawn_blocking(move || write(&lock(&repo), &status)).await;
             match written {
-                Ok(Ok(Written::Wrote { .. })) => stats.wrote += 1,
+                Ok(Ok(Written::Wrote { .. })) => {
+                    stats.wrote += 1;
+                    unpushed = true;
+                }
                 Ok(Ok(Written::Unchanged)) => stats.unchanged += 1,
                 Ok(Ok(Written::Skipped { .. })) => stats.skipped += 1,
                 Ok(Err(e)) => {
@@ -1014,6 +1045,40 @@ async fn run(repo: Arc<Mutex<Repository>>, shared: Arc<Shared>, interval: Durati
                 }
             }
             last_write.insert(commit, Instant::now());
+        }
+        if let Some(target) = push_to.as_ref().filter(|_| unpushed) {
+            let due_at = last_push.map(|at| at + interval);
+            if closing || due_at.is_none_or(|at| at <= Instant::now()) {
+                let repo = Arc::clone(&repo);
+                let target = target.clone();
+                let pushed = tokio::task::spawn_blocking(move || {
+                    push(&lock(&repo), &target.url, Some(&target.access))
+                })
+                .await;
+                last_push = Some(Instant::now());
+                match pushed {
+                    Ok(Ok(())) => {
+                        stats.pushed += 1;
+                        unpushed = false;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "could not push the notes");
+                        stats.push_failed += 1;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "note push task failed");
+                        stats.push_failed += 1;
+                    }
+                }
+                // On close one attempt is all there is; the notes stay in the cache and the
+                // next start pushes them.
+                if closing {
+                    unpushed = false;
+                }
+            }
+            if unpushed && let Some(at) = last_push.map(|at| at + interval) {
+                next = Some(next.map_or(at, |n| n.min(at)));
+            }
         }
         if closing {
             if lock(&shared.pending).is_empty() {

@@ -26,8 +26,8 @@ use tracing::Instrument;
 
 use crate::error::{Error, Result};
 use crate::notes::{
-    CommitState, CommitStatus, NoteWriter, ObjectState, ObjectStatus, PruneGuard, SyncSummary,
-    ValidationError, now_rfc3339,
+    self, CommitState, CommitStatus, NoteWriter, ObjectState, ObjectStatus, PruneGuard, PushTarget,
+    SyncSummary, ValidationError, now_rfc3339,
 };
 use crate::plan::{self, Desired, Plan, is_git_owned};
 use crate::prune::{self, ALLOW_PRUNE_TRAILER, ALLOW_PRUNE_VALUE, PrunePolicy, Verdict};
@@ -152,7 +152,16 @@ impl Syncer {
     /// when it is Git (a folder has no commit to write them on).
     pub fn new(member: Member, source: Source, config: SyncConfig) -> Result<Syncer> {
         let notes = match &source {
-            Source::Git(git) => Some(NoteWriter::open(git.git_dir())?),
+            Source::Git(git) => {
+                let push = git
+                    .note_remote()
+                    .map(|(url, access)| PushTarget { url, access });
+                Some(NoteWriter::with_push(
+                    git.git_dir(),
+                    notes::DEFAULT_INTERVAL,
+                    push,
+                )?)
+            }
             Source::Folder(_) => None,
         };
         Ok(Syncer {

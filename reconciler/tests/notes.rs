@@ -11,8 +11,9 @@ use std::time::Duration;
 use coxswain_reconciler::Error;
 use coxswain_reconciler::notes::{
     self, CommitState, CommitStatus, Drift, DriftKind, NoteWriter, ObjectState, ObjectStatus,
-    Written,
+    PushTarget, Written,
 };
+use coxswain_reconciler::source::RemoteAccess;
 use git2::Repository;
 use tempfile::TempDir;
 
@@ -586,4 +587,45 @@ async fn note_writer_writes_the_latest_state_when_the_interval_is_up() {
     // Two commits written at once, then one trailing write of the first.
     assert_eq!(stats.wrote, 3, "{stats:?}");
     assert_eq!(notes_commits(dir.path()), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn note_writer_pushes_its_notes_to_the_remote() {
+    let (dir, shas) = fixture(2);
+    let (remote, url) = bare_remote(dir.path());
+    let target = PushTarget {
+        url,
+        access: RemoteAccess::default(),
+    };
+    let writer =
+        NoteWriter::with_push(dir.path(), Duration::from_millis(200), Some(target)).unwrap();
+    writer.submit(status(&shas[0], CommitState::Applied));
+    writer.submit(status(&shas[1], CommitState::Applied));
+    writer.submit(status(&shas[0], CommitState::Healthy));
+    let stats = writer.close().await;
+
+    assert_eq!(stats.push_failed, 0, "{stats:?}");
+    assert!(stats.pushed >= 1, "{stats:?}");
+    assert_eq!(notes_head(remote.path()), notes_head(dir.path()));
+    assert!(show_note(remote.path(), &shas[0]).starts_with("coxswain: healthy"));
+    assert!(show_note(remote.path(), &shas[1]).starts_with("coxswain: applied"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_push_keeps_the_notes_written_locally() {
+    let (dir, shas) = fixture(1);
+    let gone = tempfile::tempdir().unwrap();
+    let target = PushTarget {
+        url: format!("file://{}/missing.git", gone.path().display()),
+        access: RemoteAccess::default(),
+    };
+    let writer =
+        NoteWriter::with_push(dir.path(), Duration::from_millis(200), Some(target)).unwrap();
+    writer.submit(status(&shas[0], CommitState::Applied));
+    let stats = writer.close().await;
+
+    assert_eq!(stats.wrote, 1, "{stats:?}");
+    assert_eq!(stats.pushed, 0, "{stats:?}");
+    assert!(stats.push_failed >= 1, "{stats:?}");
+    assert!(show_note(dir.path(), &shas[0]).starts_with("coxswain: applied"));
 }

@@ -25,6 +25,7 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
 /// interval: 1m
 /// cache_dir: /var/lib/coxswain/git
 /// auth: {private_key: /etc/coxswain/id_ed25519, known_hosts: /etc/coxswain/known_hosts}
+/// push_notes: true              # push refs/notes/coxswain back to the remote
 /// ```
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -51,6 +52,11 @@ pub struct SourceConfig {
     /// Credentials for a remote repository.
     #[serde(default)]
     pub auth: Option<Auth>,
+    /// Push the status notes (`refs/notes/coxswain`) to a remote repository after writing
+    /// them into the cache. Off by default: it needs write access, which a read-only deploy
+    /// key lacks. A local repository gets its notes written in place either way.
+    #[serde(default)]
+    pub push_notes: bool,
 }
 
 fn default_interval() -> Duration {
@@ -173,6 +179,7 @@ impl SourceConfig {
             interval: DEFAULT_INTERVAL,
             cache_dir: None,
             auth: None,
+            push_notes: false,
         }
     }
 

@@ -16,7 +16,9 @@ use git2::{
     FetchPrune, Oid, ProxyOptions, RemoteCallbacks, Repository,
 };
 
-use super::config::{Location, Reference, SourceConfig, Transport, absolute, cache_folder_name};
+use super::config::{
+    Auth, Location, Reference, SourceConfig, Transport, absolute, cache_folder_name,
+};
 use super::known_hosts::KnownHosts;
 use super::tree::{GitTree, subtree_id};
 use crate::error::{Error, Result};
@@ -46,10 +48,18 @@ pub struct GitSource {
     reopen: PathBuf,
     /// `path` of the config, prefixed with the folder `repo` named inside a work tree.
     subpath: Option<String>,
+    access: RemoteAccess,
+    last: Option<Head>,
+}
+
+/// How to talk to a remote repository: credentials from the config and the ssh host key
+/// check. Fetching and pushing notes share it, so both authenticate and verify the same way.
+#[derive(Clone, Debug, Default)]
+pub struct RemoteAccess {
+    auth: Option<Auth>,
     known_hosts: Option<KnownHosts>,
     /// Port of an ssh remote, which host key lookups need.
     ssh_port: u16,
-    last: Option<Head>,
 }
 
 impl std::fmt::Debug for GitSource {
@@ -147,8 +157,11 @@ impl GitSource {
             repo,
             reopen,
             subpath,
-            known_hosts,
-            ssh_port,
+            access: RemoteAccess {
+                auth: config.auth.clone(),
+                known_hosts,
+                ssh_port,
+            },
             last: None,
         })
     }
@@ -165,6 +178,17 @@ impl GitSource {
     /// True when the repository is fetched into a bare cache.
     pub fn is_remote(&self) -> bool {
         matches!(self.location, Location::Remote { .. })
+    }
+
+    /// Where and how to push notes: the remote URL and its access, when the source is remote
+    /// and the config asks for notes to be pushed (`push_notes`).
+    pub fn note_remote(&self) -> Option<(String, RemoteAccess)> {
+        match &self.location {
+            Location::Remote { url, .. } if self.config.push_notes => {
+                Some((url.clone(), self.access.clone()))
+            }
+            _ => None,
+        }
     }
 
     /// The repository's git dir and common dir (they differ for a linked worktree), for a
@@ -448,12 +472,18 @@ impl GitSource {
         Ok(())
     }
 
-    /// Credentials from the config, and the ssh host key check. Each credential type is
-    /// offered once: libgit2 asks again after a rejection, and answering with the same
-    /// credential forever would turn a wrong password into a hang.
     fn callbacks(&self) -> RemoteCallbacks<'_> {
+        self.access.callbacks()
+    }
+}
+
+impl RemoteAccess {
+    /// Credentials from the config, and the ssh host key check. Each credential type is
+    /// offered once per call: libgit2 asks again after a rejection, and answering with the
+    /// same credential forever would turn a wrong password into a hang.
+    pub fn callbacks(&self) -> RemoteCallbacks<'_> {
         let mut callbacks = RemoteCallbacks::new();
-        let auth = self.config.auth.as_ref();
+        let auth = self.auth.as_ref();
         let mut tried = CredentialType::empty();
         callbacks.credentials(move |_url, user_from_url, allowed| {
             let user = auth

@@ -21,7 +21,7 @@ pub use config::{
     Auth, DEFAULT_INTERVAL, Location, Reference, Secret, SourceConfig, Transport, parse_duration,
 };
 pub use folder::FolderSource;
-pub use git::{GitSource, Head};
+pub use git::{GitSource, Head, RemoteAccess};
 pub use tree::GitTree;
 pub use watch::{Triggers, Wake, WebhookTrigger};
 
