@@ -255,17 +255,33 @@ fn start_sync(
     let id = member.id();
     let mut metrics = member.raft().metrics();
     Ok(tokio::spawn(async move {
+        // The poll interval is also when the applied commit is checked against the store
+        // and drift is put back, as Flux does; a watch or webhook wake-up only looks for new
+        // commits.
+        let mut poll = false;
+        let mut applied: Option<String> = None;
         loop {
             let leads = metrics.borrow().current_leader == Some(id);
             if leads {
-                match syncer.sync_once().await {
+                let outcome = match poll {
+                    true => syncer.resync().await,
+                    false => syncer.sync_once().await,
+                };
+                match outcome {
                     Ok(Outcome::Unchanged { .. }) => {}
                     Ok(Outcome::Applied {
                         commit, summary, ..
-                    }) => println!(
-                        "coxswain server: applied {commit}: {} created, {} updated, {} deleted, {} unchanged",
-                        summary.created, summary.updated, summary.deleted, summary.unchanged
-                    ),
+                    }) => {
+                        let what = match applied.as_deref() == Some(commit.as_str()) {
+                            true => "corrected drift of",
+                            false => "applied",
+                        };
+                        println!(
+                            "coxswain server: {what} {commit}: {} created, {} updated, {} deleted, {} unchanged",
+                            summary.created, summary.updated, summary.deleted, summary.unchanged
+                        );
+                        applied = Some(commit);
+                    }
                     Ok(Outcome::Rejected { commit, errors }) => {
                         println!(
                             "coxswain server: rejected {commit}: {} error(s); the last good commit keeps running",
@@ -286,8 +302,8 @@ fn start_sync(
             }
             // A follower also wakes when it becomes the leader, to sync at once.
             tokio::select! {
-                _ = triggers.wait() => {}
-                _ = metrics.wait_for(|m| m.current_leader == Some(id)), if !leads => {}
+                wake = triggers.wait() => poll = wake.poll,
+                _ = metrics.wait_for(|m| m.current_leader == Some(id)), if !leads => poll = false,
                 _ = stop.wait_for(|s| *s) => break,
             }
         }

@@ -145,6 +145,8 @@ pub struct Syncer {
     record_revision: Revision,
     inventory_loaded: bool,
     last_attempt: Option<String>,
+    /// The commit this syncer last applied; only it is planned again by `resync`.
+    last_applied: Option<String>,
 }
 
 impl Syncer {
@@ -174,6 +176,7 @@ impl Syncer {
             record_revision: 0,
             inventory_loaded: false,
             last_attempt: None,
+            last_applied: None,
         })
     }
 
@@ -190,24 +193,45 @@ impl Syncer {
 
     /// Looks at the source once and applies what is new.
     pub async fn sync_once(&mut self) -> Result<Outcome> {
+        self.look(false).await
+    }
+
+    /// Like [`sync_once`](Syncer::sync_once), but when the source is still at the commit last
+    /// applied, plans that commit again against the store and puts back what was changed or
+    /// deleted outside Git, as Flux does on every interval. Returns `Unchanged` when the
+    /// store still matches. A commit that was held or rejected is not retried.
+    pub async fn resync(&mut self) -> Result<Outcome> {
+        self.look(true).await
+    }
+
+    async fn look(&mut self, heal: bool) -> Result<Outcome> {
         let started = Instant::now();
         let (commit, head) = self.resolve()?;
-        if self.last_attempt.as_deref() == Some(commit.as_str()) {
+        let again = self.last_attempt.as_deref() == Some(commit.as_str());
+        if again && !(heal && self.last_applied.as_deref() == Some(commit.as_str())) {
             return Ok(Outcome::Unchanged { commit });
         }
-        let span = tracing::info_span!("sync", source = %self.config.name, commit = %commit);
-        self.sync_commit(commit, head, started)
+        let span = tracing::info_span!("sync", source = %self.config.name, commit = %commit, resync = again);
+        self.sync_commit(commit, head, started, again)
             .instrument(span)
             .await
     }
 
+    /// `again`: the commit was applied before and this is a drift check (no pending note,
+    /// nothing written when the store still matches).
     async fn sync_commit(
         &mut self,
         commit: String,
         head: Option<Head>,
         started: Instant,
+        again: bool,
     ) -> Result<Outcome> {
-        self.submit_note(CommitStatus::new(commit.clone(), CommitState::Pending));
+        if again {
+            // Drift happens outside the sync, so the cached inventory cannot show it.
+            self.inventory_loaded = false;
+        } else {
+            self.submit_note(CommitStatus::new(commit.clone(), CommitState::Pending));
+        }
 
         let report = self.validate(&commit)?;
         if !report.is_valid() {
@@ -247,6 +271,21 @@ impl Syncer {
             if let Verdict::Allowed { reason, .. } = &verdict {
                 tracing::info!(%reason, "prune allowed");
             }
+            if again
+                && plan.creates.is_empty()
+                && plan.updates.is_empty()
+                && plan.deletes.is_empty()
+            {
+                return Ok(Outcome::Unchanged { commit });
+            }
+            if again {
+                tracing::warn!(
+                    recreated = plan.creates.len(),
+                    restored = plan.updates.len(),
+                    removed = plan.deletes.len(),
+                    "the store drifted from the applied commit; correcting"
+                );
+            }
             match self.apply(&commit, head.as_ref(), &plan).await? {
                 Some((revision, sync)) => {
                     tracing::info!(
@@ -263,6 +302,7 @@ impl Syncer {
                     status.objects = desired.iter().map(object_status).collect();
                     self.submit_note(status);
                     self.last_attempt = Some(commit.clone());
+                    self.last_applied = Some(commit.clone());
                     return Ok(Outcome::Applied {
                         commit,
                         revision,

@@ -378,3 +378,81 @@ async fn a_status_write_between_plan_and_apply_is_kept() {
     );
     s.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resync_puts_back_what_was_changed_or_deleted_outside_git() {
+    let store_dir = tempfile::tempdir().unwrap();
+    let m = member(store_dir.path()).await;
+    let repo = Repo::new();
+    for name in ["a", "b", "c", "d", "e"] {
+        repo.write(&format!("{name}.yaml"), &configmap(name, "1"));
+    }
+    let commit = repo.commit("five");
+    let mut s = syncer(&m, &repo);
+    assert!(matches!(
+        s.sync_once().await.unwrap(),
+        Outcome::Applied { .. }
+    ));
+    // Nothing drifted: no write at all.
+    let (rev_before, _) = m
+        .get("/core/ConfigMap/default/a", Consistency::Linearizable)
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.resync().await.unwrap(),
+        Outcome::Unchanged { .. }
+    ));
+    let (rev_after, _) = m
+        .get("/core/ConfigMap/default/a", Consistency::Linearizable)
+        .await
+        .unwrap();
+    assert_eq!(rev_before, rev_after, "a resync without drift wrote");
+
+    // Someone deletes one object and edits another behind Git's back.
+    m.txn(Txn {
+        success: vec![Op::Delete {
+            key: "/core/ConfigMap/default/b".into(),
+        }],
+        ..Txn::default()
+    })
+    .await
+    .unwrap();
+    let mut edited = stored(&m, "c").await.unwrap();
+    edited["data"]["value"] = json!("hand-edited");
+    m.txn(Txn::put("/core/ConfigMap/default/c", edited))
+        .await
+        .unwrap();
+
+    // A look for new commits does not touch the applied commit...
+    assert!(matches!(
+        s.sync_once().await.unwrap(),
+        Outcome::Unchanged { .. }
+    ));
+    assert!(stored(&m, "b").await.is_none());
+    // ...the resync of the interval puts both back.
+    let Outcome::Applied {
+        commit: healed,
+        summary,
+        ..
+    } = s.resync().await.unwrap()
+    else {
+        panic!("the drift was not corrected")
+    };
+    assert_eq!(healed, commit);
+    assert_eq!(
+        (
+            summary.created,
+            summary.updated,
+            summary.deleted,
+            summary.unchanged
+        ),
+        (1, 1, 0, 3)
+    );
+    assert_eq!(stored(&m, "b").await.unwrap()["data"]["value"], json!("1"));
+    assert_eq!(stored(&m, "c").await.unwrap()["data"]["value"], json!("1"));
+    assert!(matches!(
+        s.resync().await.unwrap(),
+        Outcome::Unchanged { .. }
+    ));
+    s.close().await;
+}
