@@ -59,11 +59,38 @@ pick_target_dir() {
     TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 }
 
+# The busybox image the examples and the node tests run, built from Debian's busybox-static
+# (a static binary and its applet links) and imported into the node-wide image store once.
+busybox_image() {
+    local bin=$1
+    local store=${COXSWAIN_IMAGES:-/var/lib/coxswain/images}
+    if [ "$(id -u)" -ne 0 ] && [ ! -w "$(dirname "$store")" ]; then
+        log "not root: skipping the busybox image (the node tests need root anyway)"
+        return
+    fi
+    if "$bin" image ls --store "$store" | grep -q '^busybox:latest '; then
+        return
+    fi
+    log "building the busybox image from busybox-static"
+    local rootfs
+    rootfs=$(mktemp -d)
+    mkdir -p "$rootfs"/{bin,etc,tmp,proc,sys,dev,var/www}
+    cp /bin/busybox "$rootfs/bin/busybox"
+    for applet in $(/bin/busybox --list); do
+        [ "$applet" = busybox ] || ln -s busybox "$rootfs/bin/$applet"
+    done
+    echo 'root:x:0:0:root:/root:/bin/sh' >"$rootfs/etc/passwd"
+    echo 'root:x:0:' >"$rootfs/etc/group"
+    "$bin" image import busybox:latest "$rootfs" --store "$store"
+    rm -rf "$rootfs"
+}
+
 cmd_run() {
     install_deps
     pick_target_dir
     log "building coxswain"
     cargo build --release --locked --bin coxswain
+    busybox_image "$TARGET_DIR/release/coxswain"
     log "coxswain validate examples-repo"
     "$TARGET_DIR/release/coxswain" validate examples-repo
 }
@@ -80,6 +107,7 @@ cmd_test() {
     cargo clippy --locked --workspace --all-targets -- -D warnings
     log "cargo build (all targets)"
     cargo build --locked --workspace --all-targets
+    busybox_image "$TARGET_DIR/debug/coxswain"
     log "cargo test"
     cargo test --locked --workspace
     log "parity with kubernetes-validate --strict"

@@ -4,6 +4,7 @@
 
 mod config;
 mod diff;
+mod image;
 mod server;
 mod status;
 mod validate;
@@ -39,6 +40,8 @@ enum Command {
     Diff(diff::Args),
     /// Show the sync's last attempted and last applied commit.
     Status(status::Args),
+    /// Import, list and remove the node's container images.
+    Image(image::Args),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +59,7 @@ fn main() -> ExitCode {
         Command::Server(args) => server::run(*args),
         Command::Status(args) => status::run(&args),
         Command::Diff(args) => diff::run(&args),
+        Command::Image(args) => image::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -8,6 +8,9 @@
 //! - [`cgroup`]: one cgroup per pod and per container under a `coxswain` parent, on cgroup v1
 //!   (hybrid, as on this machine) and v2, with cpu, memory and pids limits from a container's
 //!   resources, usage, OOM-kill detection and teardown;
+//! - [`image`]: the node-wide image store: imports a rootfs folder, a (gzip) tar or an OCI
+//!   image layout as `NAME:TAG` into content-addressed, atomically replaced root filesystems,
+//!   unpacking archives so that no entry can land outside the image;
 //! - [`ipam`]: pod IPs from the node's pod CIDR, in a file-backed allocator that survives
 //!   restarts and never hands one address out twice (as CNI's host-local plugin does).
 //!
@@ -15,6 +18,7 @@
 
 pub mod cgroup;
 pub mod error;
+pub mod image;
 pub mod ipam;
 
 pub use error::{Error, Result};
