@@ -118,6 +118,8 @@ cmd_test() {
     "$TARGET_DIR/debug/coxswain-bench" validate --quick
     log "coxswain-bench store --quick (smoke run, beside etcd)"
     "$TARGET_DIR/debug/coxswain-bench" store --quick
+    log "coxswain-bench sync --quick (smoke run)"
+    "$TARGET_DIR/debug/coxswain-bench" sync --quick
     log "all tests passed"
 }
 

@@ -4,6 +4,7 @@
 
 mod generate;
 mod store;
+mod sync;
 mod validate;
 
 use clap::{Parser, Subcommand};
@@ -28,11 +29,16 @@ enum Command {
     /// Put throughput and latency of the replicated store (1, 16, 256 clients; 1 and 3
     /// members), against etcd driven by the same load generator, plus memory after many writes.
     Store(store::Args),
+    /// Git to store on a generated repository of 10,000 objects: the first full sync, a
+    /// one-file incremental sync, a no-op poll beside `git ls-remote`, and commit → stored
+    /// latency through the notify watch, each beside its target.
+    Sync(sync::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Validate(args) => validate::run(&args),
         Command::Store(args) => store::run(&args),
+        Command::Sync(args) => sync::run(&args),
     }
 }
