@@ -14,6 +14,7 @@
 //! way Helm and Flux mark theirs; both are part of what Git owns, so they are compared like
 //! any other field (moving an object to another file is an update of that annotation).
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
@@ -184,10 +185,24 @@ pub struct Plan {
 /// Plans a commit: `desired` (keys unique; a repeated key keeps its first entry) against
 /// `owned`, the Git-owned objects in the store by key, as stored.
 pub fn plan(desired: &[Desired], owned: &BTreeMap<String, Value>) -> Plan {
+    plan_settled(desired, owned, |_| false)
+}
+
+/// [`plan`] for a sync that knows part of the desired set is already in the store as it is:
+/// an object for which `settled` is true and that `owned` holds is counted unchanged without
+/// comparing it. The sync passes the objects of files whose blob is the one it last applied,
+/// while its inventory is the one that apply left, which is what makes a one-file commit cost
+/// one file rather than the whole repository.
+pub fn plan_settled<D: Borrow<Desired>>(
+    desired: &[D],
+    owned: &BTreeMap<String, Value>,
+    settled: impl Fn(&Desired) -> bool,
+) -> Plan {
     let _span =
         tracing::debug_span!("plan", desired = desired.len(), owned = owned.len()).entered();
     let mut wanted: BTreeMap<&str, &Desired> = BTreeMap::new();
     for d in desired {
+        let d = d.borrow();
         wanted.entry(d.key.as_str()).or_insert(d);
     }
     let mut out = Plan::default();
@@ -200,6 +215,10 @@ pub fn plan(desired: &[Desired], owned: &BTreeMap<String, Value>) -> Plan {
             });
             continue;
         };
+        if settled(d) {
+            out.unchanged += 1;
+            continue;
+        }
         let after = desired_view(&d.file, &d.value);
         let changes = diff(&git_owned_view(stored), &after);
         if changes.is_empty() {

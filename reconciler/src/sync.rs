@@ -13,7 +13,8 @@
 //! objects themselves carry the ownership label, so the inventory cannot disagree with what
 //! is stored, and it survives restarts and leader changes for free.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Instant;
 
 use coxswain_schema::{Limits, Report};
@@ -147,6 +148,12 @@ pub struct Syncer {
     last_attempt: Option<String>,
     /// The commit this syncer last applied; only it is planned again by `resync`.
     last_applied: Option<String>,
+    /// The blob id of every file of the commit last applied, by path, and whether `owned`
+    /// is still exactly what that apply left (no reload since).
+    applied_blobs: HashMap<String, String>,
+    applied_blobs_valid: bool,
+    /// The desired objects of each file of the last valid commit, with the file's blob id.
+    desired_cache: HashMap<String, (String, Vec<Arc<Desired>>)>,
 }
 
 impl Syncer {
@@ -177,6 +184,9 @@ impl Syncer {
             inventory_loaded: false,
             last_attempt: None,
             last_applied: None,
+            applied_blobs: HashMap::new(),
+            applied_blobs_valid: false,
+            desired_cache: HashMap::new(),
         })
     }
 
@@ -247,14 +257,34 @@ impl Syncer {
             // the valid previous report stays the better base.
             return Ok(Outcome::Rejected { commit, errors });
         }
-        let desired = plan::desired_from_report(&report)?;
+        let desired = self.desired(&report)?;
+        // Files whose blob is the one last applied: their objects are in the store as they
+        // are, as long as the inventory is the one that apply left.
+        let settled: HashSet<String> = report
+            .files
+            .iter()
+            .filter(|f| {
+                f.id().is_some_and(|id| {
+                    self.applied_blobs.get(&f.path).map(String::as_str) == Some(id)
+                })
+            })
+            .map(|f| f.path.clone())
+            .collect();
+        let blobs: HashMap<String, String> = report
+            .files
+            .iter()
+            .filter_map(|f| f.id().map(|id| (f.path.clone(), id.to_string())))
+            .collect();
         self.previous = Some(report);
 
         let allow_trailer = self.allows_prune(&commit)?;
         let mut conflicts = 0;
         loop {
             self.refresh_inventory().await?;
-            let plan = plan::plan(&desired, &self.owned);
+            // A reload (restart, another leader, a conflict, a drift check) may show changes
+            // the last apply did not make, so nothing is taken as settled after one.
+            let settled = |d: &Desired| self.applied_blobs_valid && settled.contains(&d.file);
+            let plan = plan::plan_settled(&desired, &self.owned, settled);
             let verdict = prune::check(&plan, self.owned.len(), &self.config.prune, allow_trailer);
             if let Verdict::Held { reason } = &verdict {
                 tracing::warn!(%reason, "prune guard held the commit");
@@ -299,10 +329,12 @@ impl Syncer {
                     );
                     let mut status = CommitStatus::new(commit.clone(), CommitState::Applied);
                     status.sync = sync.clone();
-                    status.objects = desired.iter().map(object_status).collect();
+                    status.objects = desired.iter().map(|d| object_status(d)).collect();
                     self.submit_note(status);
                     self.last_attempt = Some(commit.clone());
                     self.last_applied = Some(commit.clone());
+                    self.applied_blobs = blobs;
+                    self.applied_blobs_valid = true;
                     return Ok(Outcome::Applied {
                         commit,
                         revision,
@@ -358,6 +390,45 @@ impl Syncer {
         })
     }
 
+    /// The desired objects of a valid report, sorted by key. The objects of a file whose blob
+    /// is the one seen last time are reused rather than encoded again: encoding every object
+    /// of a large repository is most of what a one-file commit would otherwise cost.
+    fn desired(&mut self, report: &Report) -> Result<Vec<Arc<Desired>>> {
+        let mut cache = HashMap::with_capacity(report.files.len());
+        let mut out: Vec<Arc<Desired>> = Vec::new();
+        for file in &report.files {
+            let reused = file.id().and_then(|id| {
+                self.desired_cache
+                    .remove(&file.path)
+                    .filter(|(cached, _)| cached == id)
+            });
+            let objects = match reused {
+                Some((_, objects)) => objects,
+                None => file
+                    .docs
+                    .iter()
+                    .filter_map(|d| d.object.as_ref())
+                    .map(|o| Desired::from_object(&file.path, o).map(Arc::new))
+                    .collect::<Result<Vec<_>>>()?,
+            };
+            out.extend(objects.iter().cloned());
+            if let Some(id) = file.id() {
+                cache.insert(file.path.clone(), (id.to_string(), objects));
+            }
+        }
+        self.desired_cache = cache;
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        // Validation refuses one key in two documents; this guards the invariant the plan
+        // relies on without trusting it.
+        if let Some(pair) = out.windows(2).find(|w| w[0].key == w[1].key) {
+            return Err(Error::Schema(coxswain_schema::Error::Tree {
+                path: pair[1].file.clone(),
+                reason: format!("{} is already defined in {}", pair[1].key, pair[0].file),
+            }));
+        }
+        Ok(out)
+    }
+
     fn allows_prune(&self, commit: &str) -> Result<bool> {
         match &self.source {
             Source::Git(git) => Ok(git
@@ -404,6 +475,7 @@ impl Syncer {
         self.owned = load_owned(&self.member)
             .instrument(tracing::info_span!("load_inventory"))
             .await?;
+        self.applied_blobs_valid = false;
         self.record_revision = revision;
         self.inventory_loaded = true;
         if self.last_attempt.is_none()

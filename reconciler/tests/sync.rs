@@ -8,8 +8,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use coxswain_reconciler::notes::CommitState;
+use coxswain_reconciler::plan;
 use coxswain_reconciler::source::{Reference, Source, SourceConfig};
-use coxswain_reconciler::sync::{Outcome, SyncConfig, Syncer, read_status};
+use coxswain_reconciler::sync::{Outcome, SyncConfig, Syncer, load_owned, read_status};
+use coxswain_schema::{Limits, validate_tree};
 use coxswain_store::{Consistency, Kv, Member, MemberConfig, Op, Txn};
 use serde_json::json;
 
@@ -83,11 +85,15 @@ async fn member(dir: &Path) -> Member {
     m
 }
 
-fn syncer(member: &Member, repo: &Repo) -> Syncer {
+fn source_config(repo: &Repo) -> SourceConfig {
     let mut cfg = SourceConfig::new(repo.path().display().to_string());
     cfg.reference = Reference::Branch("main".into());
     cfg.path = Some("deploy".into());
-    let source = Source::open(&cfg).unwrap();
+    cfg
+}
+
+fn syncer(member: &Member, repo: &Repo) -> Syncer {
+    let source = Source::open(&source_config(repo)).unwrap();
     Syncer::new(member.clone(), source, SyncConfig::default()).unwrap()
 }
 
@@ -454,5 +460,82 @@ async fn resync_puts_back_what_was_changed_or_deleted_outside_git() {
         s.resync().await.unwrap(),
         Outcome::Unchanged { .. }
     ));
+    s.close().await;
+}
+
+/// A one-file commit is planned from the files that changed (the others are taken as settled
+/// and their objects reused); after each kind of edit, a fresh syncer comparing every object
+/// must find nothing left to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incremental_syncs_leave_the_store_as_a_full_sync_would() {
+    let store_dir = tempfile::tempdir().unwrap();
+    let m = member(store_dir.path()).await;
+    let repo = Repo::new();
+    for name in ["a", "b", "c", "d", "e", "f"] {
+        repo.write(&format!("{name}.yaml"), &configmap(name, "1"));
+    }
+    repo.commit("six");
+    let mut s = syncer(&m, &repo);
+    assert!(matches!(
+        s.sync_once().await.unwrap(),
+        Outcome::Applied { .. }
+    ));
+
+    type Edit = fn(&Repo);
+    let edits: [(&str, Edit, (u32, u32, u32)); 4] = [
+        (
+            "change one file",
+            |r| r.write("a.yaml", &configmap("a", "2")),
+            (0, 1, 0),
+        ),
+        (
+            "add a file",
+            |r| r.write("g.yaml", &configmap("g", "1")),
+            (1, 0, 0),
+        ),
+        (
+            "move an object to another file",
+            |r| {
+                r.remove("b.yaml");
+                r.write(
+                    "c.yaml",
+                    &format!("{}---\n{}", configmap("c", "1"), configmap("b", "1")),
+                );
+            },
+            (0, 1, 0),
+        ),
+        ("delete a file", |r| r.remove("d.yaml"), (0, 0, 1)),
+    ];
+    for (what, edit, (created, updated, deleted)) in edits {
+        edit(&repo);
+        repo.commit(what);
+        let Outcome::Applied { summary, .. } = s.sync_once().await.unwrap() else {
+            panic!("{what}: not applied")
+        };
+        assert_eq!(
+            (summary.created, summary.updated, summary.deleted),
+            (created, updated, deleted),
+            "{what}"
+        );
+        // The whole commit planned from scratch against the store, without writing (a
+        // write would move the sync record and make `s` reload, skipping the settled path).
+        let Source::Git(git) = Source::open(&source_config(&repo)).unwrap() else {
+            panic!("not a Git source")
+        };
+        let commit = git.resolve().unwrap();
+        let report = validate_tree(&git.tree(&commit).unwrap(), &Limits::default());
+        assert!(report.is_valid(), "{what}");
+        let desired = plan::desired_from_report(&report).unwrap();
+        let full = plan::plan(&desired, &load_owned(&m).await.unwrap());
+        assert!(
+            full.is_empty(),
+            "{what}: a full plan found what the incremental one missed: {}",
+            full.summary()
+        );
+    }
+    assert_eq!(
+        stored(&m, "b").await.unwrap()["metadata"]["annotations"]["coxswain.dev/source-file"],
+        json!("c.yaml")
+    );
     s.close().await;
 }
