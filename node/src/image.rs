@@ -43,12 +43,12 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use nix::errno::Errno;
-use nix::fcntl::{Flock, FlockArg, OFlag};
+use nix::fcntl::{Flock, OFlag};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
+use crate::fsutil;
 
 /// Where the node-wide store lives unless the agent is told otherwise.
 pub const DEFAULT_ROOT: &str = "/var/lib/coxswain/images";
@@ -674,48 +674,20 @@ impl ImageStore {
     /// Replaces `index.json` whole: written to a temporary file, synced, renamed over.
     fn write_index(&self, index: &IndexFile) -> Result<()> {
         let path = self.root.join(INDEX_FILE);
-        let json = serde_json::to_vec_pretty(index).map_err(|err| Error::State {
+        let mut json = serde_json::to_vec_pretty(index).map_err(|err| Error::State {
             path: path.clone(),
             reason: format!("cannot encode the image index: {err}"),
         })?;
+        json.push(b'\n');
         let temp = TempTree(self.tmp_dir().join(temp_name("index")));
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(temp.path())
-            .map_err(Error::io("creating a temporary image index", temp.path()))?;
-        file.write_all(&json)
-            .and_then(|()| file.write_all(b"\n"))
-            .and_then(|()| file.sync_all())
-            .map_err(Error::io("writing a temporary image index", temp.path()))?;
+        fsutil::write_new_synced(temp.path(), &json, "a temporary image index")?;
         fs::rename(temp.path(), &path).map_err(Error::io("replacing the image index", &path))?;
         sync_dir(&self.root)
     }
 
-    /// Takes the store's exclusive lock until the guard drops. `flock` is per open file, so
-    /// each call opens the file anew and threads of one process exclude each other too.
+    /// Takes the store's exclusive lock until the guard drops.
     fn lock(&self) -> Result<Flock<File>> {
-        let path = self.root.join(LOCK_FILE);
-        let mut file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(Error::io("opening the image store lock", &path))?;
-        loop {
-            match Flock::lock(file, FlockArg::LockExclusive) {
-                Ok(lock) => return Ok(lock),
-                // A signal interrupted the wait; nothing was locked, so wait again.
-                Err((back, Errno::EINTR)) => file = back,
-                Err((_, errno)) => {
-                    return Err(Error::Io {
-                        context: "locking the image store".into(),
-                        path,
-                        source: errno.into(),
-                    });
-                }
-            }
-        }
+        fsutil::lock_exclusive(&self.root.join(LOCK_FILE), "image store")
     }
 
     /// Removes what processes that are gone left in `tmp/` (an import killed mid-way, a
@@ -2053,9 +2025,7 @@ fn open_up(dir: &Path) {
 
 /// Makes a directory's entries (renames, removals) durable.
 fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|dir| dir.sync_all())
-        .map_err(Error::io("syncing the image store directory", dir))
+    fsutil::sync_dir(dir, "image store")
 }
 
 fn is_hex64(text: &str) -> bool {
@@ -2076,33 +2046,7 @@ fn hex(bytes: &[u8]) -> String {
 
 /// RFC 3339 in UTC with second precision, as Kubernetes timestamps are.
 fn rfc3339(time: SystemTime) -> String {
-    let secs = time
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| since.as_secs());
-    let days = i64::try_from(secs / 86_400).unwrap_or(0);
-    let rem = secs % 86_400;
-    let (year, month, day) = civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// The proleptic Gregorian date of a day count since 1970-01-01 (Howard Hinnant's
-/// `civil_from_days`), so that a timestamp needs no date-time dependency.
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
+    chrono::DateTime::<chrono::Utc>::from(time).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 /// Shortens text quoted in error messages so that a hostile archive cannot flood a status.

@@ -26,17 +26,17 @@
 //! address out again could give two pods one IP.
 
 use std::collections::HashSet;
-use std::fs::{self, File, OpenOptions};
-use std::io::{ErrorKind, Read, Write};
+use std::fs::{self, File};
+use std::io::{ErrorKind, Read};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use ipnet::Ipv4Net;
-use nix::errno::Errno;
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::Flock;
 
 use crate::error::{Error, Result};
+use crate::fsutil;
 
 /// The longest owner accepted, in bytes: that of a Kubernetes name (DNS subdomain), ample for
 /// a pod UID (36) or a CNI container ID (64), and small enough to read owner files bounded.
@@ -215,30 +215,9 @@ impl Pool {
             .collect())
     }
 
-    /// Takes the pool's exclusive lock until the returned guard drops. `flock` is per open
-    /// file, so each call opens the file anew: threads of one process exclude each other too.
+    /// Takes the pool's exclusive lock until the returned guard drops.
     fn lock(&self) -> Result<Flock<File>> {
-        let path = self.dir.join(LOCK_FILE);
-        let mut file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(Error::io("opening the IPAM lock file", &path))?;
-        loop {
-            match Flock::lock(file, FlockArg::LockExclusive) {
-                Ok(lock) => return Ok(lock),
-                // A signal interrupted the wait; nothing was locked, so wait again.
-                Err((back, Errno::EINTR)) => file = back,
-                Err((_, errno)) => {
-                    return Err(Error::Io {
-                        context: "locking the IPAM state".into(),
-                        path,
-                        source: errno.into(),
-                    });
-                }
-            }
-        }
+        fsutil::lock_exclusive(&self.dir.join(LOCK_FILE), "IPAM state")
     }
 
     /// Tries each free address once, starting after the last one handed out and wrapping
@@ -395,15 +374,8 @@ impl Pool {
             TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
         );
         let path = self.dir.join(name);
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(Error::io("creating an IPAM temporary file", &path))?;
         let guard = TempFile(path);
-        file.write_all(contents)
-            .and_then(|()| file.sync_all())
-            .map_err(Error::io("writing an IPAM temporary file", &guard.0))?;
+        fsutil::write_new_synced(&guard.0, contents, "an IPAM temporary file")?;
         Ok(guard)
     }
 
@@ -434,9 +406,7 @@ impl Pool {
 
     /// Makes the directory's entries (new links, renames, removals) durable.
     fn sync_dir(&self) -> Result<()> {
-        File::open(&self.dir)
-            .and_then(|dir| dir.sync_all())
-            .map_err(Error::io("syncing the IPAM state directory", &self.dir))
+        fsutil::sync_dir(&self.dir, "IPAM state")
     }
 }
 

@@ -18,6 +18,7 @@
 
 pub mod cgroup;
 pub mod error;
+mod fsutil;
 pub mod image;
 pub mod ipam;
 
