@@ -2,6 +2,7 @@
 //! on the same input in the same run where one exists on the machine. Every subcommand takes
 //! `--quick` (done within a minute, used by the test suite) and `--json`.
 
+mod common;
 mod generate;
 mod store;
 mod sync;

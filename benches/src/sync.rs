@@ -21,10 +21,11 @@ use coxswain_reconciler::source::watch::DEFAULT_QUIET;
 use coxswain_reconciler::source::{Reference, Source, SourceConfig, Triggers};
 use coxswain_reconciler::sync::{Outcome, SyncConfig, Syncer};
 use coxswain_store::{Member, MemberConfig};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::common::{bar, files_under, ms};
 use crate::generate;
 
 #[derive(Debug, clap::Args)]
@@ -124,10 +125,6 @@ struct Latency {
     target_p50_ms: f64,
 }
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
 /// Nearest-rank percentiles; `samples` is never empty where this is called, and an empty one
 /// reports zeros rather than panicking.
 fn stats(mut samples: Vec<Duration>) -> Stats {
@@ -143,20 +140,6 @@ fn stats(mut samples: Vec<Duration>) -> Stats {
         p99_ms: at(0.99),
         max_ms: at(1.0),
     }
-}
-
-fn bar(len: u64, msg: &'static str, hidden: bool) -> ProgressBar {
-    if hidden {
-        return ProgressBar::hidden();
-    }
-    let pb = ProgressBar::new(len);
-    pb.set_style(
-        ProgressStyle::with_template("{msg:>32} [{bar:30}] {pos}/{len} {elapsed}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    pb.set_message(msg);
-    pb
 }
 
 /// Runs `git` in `dir` as a bare CI machine would: a fixed identity, no signing (a user's
@@ -192,18 +175,11 @@ fn git_command(dir: &Path, args: &[&str]) -> Command {
 /// latency samples edit (one file per commit).
 fn app_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d)? {
-            let p = e?.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if std::fs::read_to_string(&p)?.contains("\n  LOG_LEVEL: ") {
-                out.push(p);
-            }
+    for p in files_under(dir)? {
+        if std::fs::read_to_string(&p)?.contains("\n  LOG_LEVEL: ") {
+            out.push(p);
         }
     }
-    out.sort();
     if out.is_empty() {
         bail!("the generated repository has no ConfigMap with LOG_LEVEL to change");
     }

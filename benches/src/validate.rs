@@ -10,9 +10,10 @@ use anyhow::{Context, bail};
 use coxswain_schema::tree::DirTree;
 use coxswain_schema::validate::parse_file;
 use coxswain_schema::{Limits, validate_tree};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use serde::Serialize;
 
+use crate::common::{bar, files_under, ms};
 use crate::generate;
 
 #[derive(Debug, clap::Args)]
@@ -86,10 +87,6 @@ struct Bomb {
     reason: String,
 }
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
 /// Peak resident memory of this process so far (Linux `VmHWM`).
 fn peak_rss_kib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -117,37 +114,6 @@ fn alias_bomb() -> Bomb {
     }
 }
 
-fn manifest_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d)? {
-            let p = e?.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
-fn bar(len: u64, msg: &'static str, hidden: bool) -> ProgressBar {
-    if hidden {
-        return ProgressBar::hidden();
-    }
-    let pb = ProgressBar::new(len);
-    pb.set_style(
-        ProgressStyle::with_template("{msg:>24} [{bar:30}] {pos}/{len} {elapsed}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    pb.set_message(msg);
-    pb
-}
-
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let bomb = alias_bomb();
     let (files, runs, peer_files) = if args.quick {
@@ -170,7 +136,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let pb = bar(files as u64, "generating manifests", args.json);
     let objects = generate::repository(&root, files, || pb.inc(1))?;
     pb.finish_and_clear();
-    let paths = manifest_files(&root)?;
+    let paths = files_under(&root)?;
     let bytes: u64 = paths
         .iter()
         .filter_map(|p| std::fs::metadata(p).ok())
