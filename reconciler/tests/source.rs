@@ -3,9 +3,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::TcpListener;
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use coxswain_reconciler::Error;
@@ -13,6 +14,7 @@ use coxswain_reconciler::source::{
     FolderSource, GitSource, Reference, Source, SourceConfig, Triggers,
 };
 use coxswain_schema::tree::{EntryKind, Tree};
+use support::Daemon;
 
 // ---------------------------------------------------------------------------------------
 // helpers
@@ -125,57 +127,6 @@ impl Upstream {
         let mut full = vec!["push", "-q", "origin"];
         full.extend_from_slice(args);
         git(&self.work, &full);
-    }
-}
-
-/// `git daemon` on a free loopback port, killed on drop.
-struct Daemon {
-    child: Child,
-    port: u16,
-}
-
-impl Daemon {
-    fn serve(base: &Path) -> Daemon {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        // The `git-daemon` program itself, not `git daemon`: the latter runs it as a child,
-        // which killing `git` would leave behind.
-        let exec_path = git(Path::new("."), &["--exec-path"]);
-        let child = Command::new(Path::new(&exec_path).join("git-daemon"))
-            .args([
-                "--export-all",
-                &format!("--base-path={}", base.display()),
-                &format!("--port={port}"),
-                "--reuseaddr",
-                "--listen=127.0.0.1",
-                &base.display().to_string(),
-            ])
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("GIT_CONFIG_GLOBAL", "/dev/null")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("git daemon starts");
-        let daemon = Daemon { child, port };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "git daemon did not listen on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        daemon
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -8,9 +8,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::TcpListener;
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use coxswain_reconciler::notes::CommitState;
@@ -18,6 +19,7 @@ use coxswain_reconciler::source::{Reference, Source, SourceConfig};
 use coxswain_reconciler::sync::{Outcome, SyncConfig, Syncer, read_status};
 use coxswain_store::{Consistency, Kv, Member, MemberConfig};
 use serde_json::{Value, json};
+use support::Daemon;
 
 // ---------------------------------------------------------------------------------------
 // helpers
@@ -66,60 +68,6 @@ enum Transport {
     FileUrl,
     /// A bare origin served by `git daemon` on loopback, fetched over `git://`.
     GitDaemon,
-}
-
-/// `git daemon` on a free loopback port that also accepts pushes (for the notes), killed on
-/// drop.
-#[derive(Debug)]
-struct Daemon {
-    child: Child,
-    port: u16,
-}
-
-impl Daemon {
-    fn serve(base: &Path) -> Daemon {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        // The `git-daemon` program itself, not `git daemon`: the latter runs it as a child,
-        // which killing `git` would leave behind.
-        let exec_path = git(Path::new("."), &["--exec-path"]);
-        let child = Command::new(Path::new(&exec_path).join("git-daemon"))
-            .args([
-                "--export-all",
-                "--enable=receive-pack",
-                &format!("--base-path={}", base.display()),
-                &format!("--port={port}"),
-                "--reuseaddr",
-                "--listen=127.0.0.1",
-                &base.display().to_string(),
-            ])
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("GIT_CONFIG_GLOBAL", "/dev/null")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("git daemon starts");
-        let daemon = Daemon { child, port };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "git daemon did not listen on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        daemon
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// The repositories of one scenario: a work tree commits are made in and, for a remote
