@@ -96,13 +96,13 @@ struct Settings {
 
 impl Settings {
     fn resolve(args: Args) -> anyhow::Result<Settings> {
-        let file = match &args.config {
-            Some(path) => crate::config::load(path)?,
-            None => FileConfig::default(),
-        };
-        let file_token = match &args.config {
-            Some(path) => file.token(path)?,
-            None => None,
+        let (file, file_token) = match &args.config {
+            Some(path) => {
+                let file = crate::config::load(path)?;
+                let token = file.token(path)?;
+                (file, token)
+            }
+            None => (FileConfig::default(), None),
         };
         let Some(id) = args.id.or(file.id) else {
             bail!("the member id is missing: pass --id or set id in the config file");

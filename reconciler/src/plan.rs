@@ -91,18 +91,29 @@ impl Desired {
 /// The desired set of a validated commit, sorted by key. Two documents with one key are an
 /// error (validation already refuses them, so this only guards callers that skip it).
 pub fn desired_from_report(report: &Report) -> Result<Vec<Desired>> {
-    let mut by_key: BTreeMap<String, Desired> = BTreeMap::new();
-    for (file, object) in report.objects() {
-        let d = Desired::from_object(file, object)?;
-        if let Some(first) = by_key.get(&d.key) {
-            return Err(Error::Schema(coxswain_schema::Error::Tree {
-                path: file.to_string(),
-                reason: format!("{} is already defined in {}", d.key, first.file),
-            }));
-        }
-        by_key.insert(d.key.clone(), d);
+    let all = report
+        .objects()
+        .map(|(file, object)| Desired::from_object(file, object))
+        .collect::<Result<Vec<_>>>()?;
+    sorted_by_key(all)
+}
+
+/// Sorts desired objects by key, refusing a key that two of them define; of two, the error
+/// names the one that came first as the earlier definition.
+pub fn sorted_by_key<D: Borrow<Desired>>(mut desired: Vec<D>) -> Result<Vec<D>> {
+    // Stable, so that of two objects with one key the first in tree order stays first.
+    desired.sort_by(|a, b| a.borrow().key.cmp(&b.borrow().key));
+    if let Some(pair) = desired
+        .windows(2)
+        .find(|w| w[0].borrow().key == w[1].borrow().key)
+    {
+        let (first, second) = (pair[0].borrow(), pair[1].borrow());
+        return Err(Error::Schema(coxswain_schema::Error::Tree {
+            path: second.file.clone(),
+            reason: format!("{} is already defined in {}", second.key, first.file),
+        }));
     }
-    Ok(by_key.into_values().collect())
+    Ok(desired)
 }
 
 /// One field that differs, addressed by a JSON pointer (RFC 6901) into the object.

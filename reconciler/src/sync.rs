@@ -417,16 +417,7 @@ impl Syncer {
             }
         }
         self.desired_cache = cache;
-        out.sort_by(|a, b| a.key.cmp(&b.key));
-        // Validation refuses one key in two documents; this guards the invariant the plan
-        // relies on without trusting it.
-        if let Some(pair) = out.windows(2).find(|w| w[0].key == w[1].key) {
-            return Err(Error::Schema(coxswain_schema::Error::Tree {
-                path: pair[1].file.clone(),
-                reason: format!("{} is already defined in {}", pair[1].key, pair[0].file),
-            }));
-        }
-        Ok(out)
+        plan::sorted_by_key(out)
     }
 
     fn allows_prune(&self, commit: &str) -> Result<bool> {
