@@ -10,8 +10,9 @@ ROOT=$(pwd)
 # Debian packages: libclang-dev for RocksDB's bindgen, busybox-static for the example
 # images, git for the Git source and its tests, python3-pip for the parity script,
 # etcd-server (the peer of the store benchmark) and protobuf-compiler (etcd-client builds its
-# gRPC code with protoc).
-APT_PACKAGES=(libclang-dev clang busybox-static git python3 python3-pip pkg-config etcd-server protobuf-compiler)
+# gRPC code with protoc), iproute2 and nftables for pod networking and its tests, and runc (the
+# peer of the pods benchmark).
+APT_PACKAGES=(libclang-dev clang busybox-static git python3 python3-pip pkg-config etcd-server protobuf-compiler iproute2 nftables runc)
 # The Python peer used by the parity script and the validate benchmark.
 PIP_PACKAGES=(kubernetes-validate==1.37.0)
 

@@ -2,6 +2,7 @@
 //! command line, sets up logging and maps results to exit codes (0 success, 1 a negative
 //! answer such as "invalid", 2 a usage or I/O error).
 
+mod agent;
 mod config;
 mod diff;
 mod image;
@@ -42,9 +43,16 @@ enum Command {
     Status(status::Args),
     /// Import, list and remove the node's container images.
     Image(image::Args),
+    /// Run this machine as a node: register it, and run the pods bound to it.
+    Agent(Box<agent::Args>),
 }
 
 fn main() -> ExitCode {
+    // The agent re-runs this binary as its container launcher, which forks and so must be
+    // single-threaded: it takes over before anything here could start a thread.
+    if let Some(code) = coxswain_node::runtime::launcher::main_if_launcher() {
+        return ExitCode::from(u8::try_from(code).unwrap_or(2));
+    }
     // Logs go to stderr so that `--output json` on stdout stays machine-readable.
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -60,6 +68,7 @@ fn main() -> ExitCode {
         Command::Status(args) => status::run(&args),
         Command::Diff(args) => diff::run(&args),
         Command::Image(args) => image::run(&args),
+        Command::Agent(args) => agent::run(&args),
     };
     match result {
         Ok(code) => code,

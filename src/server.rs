@@ -343,7 +343,7 @@ async fn join_cluster(token: &str, via: &str, id: u64, addr: &str) -> anyhow::Re
     }
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

@@ -4,6 +4,7 @@
 
 mod common;
 mod generate;
+mod pods;
 mod store;
 mod sync;
 mod validate;
@@ -34,6 +35,9 @@ enum Command {
     /// one-file incremental sync, a no-op poll beside `git ls-remote`, and commit → stored
     /// latency through the notify watch, each beside its target.
     Sync(sync::Args),
+    /// Pod starts on this machine through the real runtime (sandbox, network, container),
+    /// beside `runc run` of the same busybox rootfs and a bare `unshare`.
+    Pods(pods::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -41,5 +45,6 @@ fn main() -> anyhow::Result<()> {
         Command::Validate(args) => validate::run(&args),
         Command::Store(args) => store::run(&args),
         Command::Sync(args) => sync::run(&args),
+        Command::Pods(args) => pods::run(&args),
     }
 }

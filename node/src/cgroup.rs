@@ -269,6 +269,29 @@ impl Cgroup {
     /// On v2 a cgroup with child cgroups may hold no processes of its own (the kernel's "no
     /// internal processes" rule), so processes go into the leaves (containers).
     pub fn create(path: &str, res: &Resources) -> Result<Cgroup> {
+        let cgroup = Self::make(path)?;
+        cgroup.apply(res)?;
+        tracing::debug!(path, version = ?cgroup.version, ?res, "cgroup created");
+        Ok(cgroup)
+    }
+
+    /// Takes over a cgroup that already exists, keeping its limits: how an agent that
+    /// restarted finds the cgroups of the containers it adopts. `None` if it is gone.
+    pub fn open(path: &str) -> Result<Option<Cgroup>> {
+        check_path(path)?;
+        let version = CgroupVersion::detect();
+        let root = match version {
+            CgroupVersion::V1 => PathBuf::from("/sys/fs/cgroup/memory"),
+            CgroupVersion::V2 => PathBuf::from("/sys/fs/cgroup"),
+        };
+        if !root.join(path).is_dir() {
+            return Ok(None);
+        }
+        Self::make(path).map(Some)
+    }
+
+    /// Creates the cgroup's directories, or takes over existing ones, without setting limits.
+    fn make(path: &str) -> Result<Cgroup> {
         check_path(path)?;
         let version = CgroupVersion::detect();
         let available: Vec<String> = version
@@ -347,8 +370,6 @@ impl Cgroup {
                 reason: format!("could not create {}", dir.path.display()),
             });
         }
-        cgroup.apply(res)?;
-        tracing::debug!(path, ?version, ?res, "cgroup created");
         Ok(cgroup)
     }
 

@@ -29,6 +29,17 @@ pub enum Error {
     /// A pool (pod IPs, ...) has nothing left to hand out.
     #[error("no free {what} left in {pool}")]
     Exhausted { what: String, pool: String },
+    /// The launcher could not start a sandbox, a container or an exec; the reason names the
+    /// step that failed (as a container's `StartError` message does).
+    #[error("{reason}")]
+    Launch { reason: String },
+    /// A read or write of the store failed.
+    #[error("store: {context}: {source}")]
+    Store {
+        context: String,
+        #[source]
+        source: coxswain_store::Error,
+    },
     /// State kept on disk is not what this agent writes.
     #[error("state file {path}: {reason}")]
     State { path: PathBuf, reason: String },
@@ -49,6 +60,12 @@ impl Error {
             path,
             source,
         }
+    }
+
+    /// A closure for `map_err` on a store result.
+    pub fn store(context: impl Into<String>) -> impl FnOnce(coxswain_store::Error) -> Error {
+        let context = context.into();
+        move |source| Error::Store { context, source }
     }
 
     /// A closure for `map_err` on a nix result.

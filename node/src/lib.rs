@@ -1,25 +1,37 @@
 //! # coxswain-node — start here
 //!
-//! The node agent (kubelet and container runtime in one): pod lifecycle, the Linux runtime
-//! behind one syscall trait (namespaces via nix, cgroups via cgroups-rs), images, volumes,
-//! probes, logs, heartbeat, pod networking and the service proxy. Built so far: the pieces
-//! the runtime stands on, each usable and tested on its own:
+//! The node agent: the kubelet and the container runtime in one. A pod bound to this node
+//! becomes real processes in Linux namespaces and cgroups, and its status flows back to the
+//! store. Read in this order:
 //!
+//! - [`runtime`]: the [`runtime::Runtime`] trait (sandboxes, containers, exec) with the real
+//!   [`runtime::linux::LinuxRuntime`] and a recording fake; [`runtime::launcher`] is the
+//!   single-threaded helper process that forks sandboxes and containers (namespaces,
+//!   pivot_root, masked paths, capabilities, no_new_privs) so the multi-threaded agent never
+//!   forks;
+//! - [`pod`]: the pod worker, Kubernetes' lifecycle rules (init containers, restart policy,
+//!   crash-loop backoff, probes, graceful stop, PodStatus) against that trait;
+//! - [`env`] and [`volume`]: a container's environment (`valueFrom`, `$(VAR)`) and its
+//!   volumes (emptyDir, hostPath, configMap, secret);
 //! - [`cgroup`]: one cgroup per pod and per container under a `coxswain` parent, on cgroup v1
-//!   (hybrid, as on this machine) and v2, with cpu, memory and pids limits from a container's
-//!   resources, usage, OOM-kill detection and teardown;
-//! - [`image`]: the node-wide image store: imports a rootfs folder, a (gzip) tar or an OCI
-//!   image layout as `NAME:TAG` into content-addressed, atomically replaced root filesystems,
-//!   unpacking archives so that no entry can land outside the image;
-//! - [`ipam`]: pod IPs from the node's pod CIDR, in a file-backed allocator that survives
-//!   restarts and never hands one address out twice (as CNI's host-local plugin does).
+//!   and v2, with cpu, memory and pids limits, usage and OOM-kill detection;
+//! - [`net`] and [`ipam`]: the node's bridge, a veth and an IP per pod from a file-backed
+//!   allocator, NAT for egress (the CNI bridge plugin with host-local IPAM);
+//! - [`image`]: the node-wide image store (a rootfs folder, a tar or an OCI layout);
+//! - [`agent`]: the Node object, registration and heartbeat.
 //!
 //! Errors are [`Error`]; nothing here panics on input.
 
+pub mod agent;
 pub mod cgroup;
+pub mod env;
 pub mod error;
 mod fsutil;
 pub mod image;
 pub mod ipam;
+pub mod net;
+pub mod pod;
+pub mod runtime;
+pub mod volume;
 
 pub use error::{Error, Result};

@@ -1,0 +1,967 @@
+//! The launcher: a small, single-threaded helper process that forks pod sandboxes and
+//! containers for the agent.
+//!
+//! Why a separate process: the agent is multi-threaded (tokio), and a multi-threaded process
+//! must not fork and then run arbitrary code (another thread may hold the allocator's lock).
+//! So the agent starts the coxswain binary once more, as `coxswain __coxswain-launcher`, and
+//! [`main_if_launcher`] runs before anything could start a thread. The launcher reads one JSON
+//! request per line on stdin and answers one JSON line on stdout, and forks for each request;
+//! forking a small single-threaded process costs far less than exec'ing a binary per
+//! container, which is most of how a container starts in a few milliseconds.
+//!
+//! The process tree of one container:
+//! - the **shim**, forked from the launcher: joins the sandbox's namespaces, makes a PID
+//!   namespace for the container, forks the container's first process and waits for it; when
+//!   it ends the shim writes how ([`ExitRecord`]) to the container's state dir and exits. The
+//!   shim, not the agent, is the container's parent, so the agent can restart and find its
+//!   containers still running (the kubelet has containerd's shims for the same reason);
+//! - the **init**, PID 1 of the container: joins the container's cgroup, makes the mount
+//!   namespace (root filesystem, `/proc`, `/dev`, `/sys`, volumes, masked paths), pivots into
+//!   it, closes every inherited fd, drops capabilities to runc's default set, sets
+//!   `no_new_privs`, switches user and exec's the command. Nothing of the agent (its binary,
+//!   its fds, its mounts) is reachable from the workload after that exec.
+//!
+//! Errors before the exec come back through a close-on-exec pipe: EOF means the exec
+//! happened, bytes are the reason it did not (the way runc and youki report them).
+
+use std::ffi::{CString, OsStr};
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sched::{CloneFlags, setns, unshare};
+use nix::sys::stat::{Mode, SFlag, makedev, mknod, umask};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Gid, Pid, Uid, fork, pipe2, pivot_root, setsid};
+use serde::{Deserialize, Serialize};
+
+use super::{BindMount, Rootfs, rootfs};
+
+/// The first argument that makes the coxswain binary a launcher.
+pub const ARG: &str = "__coxswain-launcher";
+
+/// The capabilities a container keeps by default: runc's (and Docker's) default set.
+pub const DEFAULT_CAPABILITIES: [&str; 14] = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+/// Files of `/proc` and `/sys` a container must not read: kernel memory, other tenants'
+/// keys and timers (runc's default masked paths). Files get `/dev/null` bound over them,
+/// directories an empty read-only tmpfs.
+const MASKED: [&str; 9] = [
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/acpi",
+    "/proc/scsi",
+    "/sys/firmware",
+];
+
+/// Parts of `/proc` that stay visible but read-only (runc's default read-only paths).
+const READ_ONLY: [&str; 6] = [
+    "/proc/asound",
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// The `PATH` a command is looked up in when the container's environment has none (runc's).
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// One request to the launcher.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "camelCase")]
+pub enum Request {
+    Sandbox(SandboxLaunch),
+    Container(ContainerLaunch),
+    Exec(ExecLaunch),
+}
+
+/// Start a pod sandbox: a process that holds the pod's namespaces.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxLaunch {
+    pub hostname: String,
+    /// New network and UTS namespaces (false with `hostNetwork`).
+    pub own_network: bool,
+    /// A PID namespace the containers join (`shareProcessNamespace`).
+    pub own_pid: bool,
+    /// The `cgroup.procs` files the holder joins.
+    pub cgroup_procs: Vec<PathBuf>,
+}
+
+/// Start a container in a sandbox.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerLaunch {
+    /// The sandbox's holder process, whose namespaces the container joins.
+    pub sandbox_pid: u32,
+    pub join_network: bool,
+    pub join_pid: bool,
+    pub cgroup_procs: Vec<PathBuf>,
+    pub rootfs: Rootfs,
+    /// The container's own directory: `upper` and `work` of its writable layer, and `merged`,
+    /// where its root is assembled.
+    pub layer: PathBuf,
+    pub read_only_root_filesystem: bool,
+    pub mounts: Vec<BindMount>,
+    pub process: Process,
+    /// Where stdout and stderr go.
+    pub log: PathBuf,
+    /// Where the shim writes the [`ExitRecord`].
+    pub exit_file: PathBuf,
+}
+
+/// What runs, and as whom: shared by a container's first process and an exec.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Process {
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub working_dir: Option<String>,
+    pub user: Option<u32>,
+    pub group: Option<u32>,
+    /// The capabilities kept (names like `CAP_CHOWN`); all others are dropped.
+    pub capabilities: Vec<String>,
+}
+
+/// Run a command in a running container (a probe or a preStop hook).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecLaunch {
+    /// The container's first process, whose namespaces the command joins.
+    pub target_pid: u32,
+    pub cgroup_procs: Vec<PathBuf>,
+    pub process: Process,
+    /// Where stdout and stderr go.
+    pub output: PathBuf,
+    pub exit_file: PathBuf,
+}
+
+/// The launcher's answer: the pid (as the host sees it) of what it started, or why not.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Response {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// How a container's (or an exec's) process ended, written by its shim.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExitRecord {
+    pub exit_code: i32,
+    pub signal: Option<i32>,
+    pub finished_at: SystemTime,
+}
+
+/// Runs the launcher if this process was started as one (its first argument is [`ARG`]) and
+/// returns its exit code; `None` otherwise. The binary calls this first thing in `main`,
+/// before any thread exists.
+pub fn main_if_launcher() -> Option<i32> {
+    if std::env::args_os().nth(1).as_deref() != Some(OsStr::new(ARG)) {
+        return None;
+    }
+    Some(serve())
+}
+
+fn serve() -> i32 {
+    // Anything the agent's parent leaked into us must not reach a container.
+    close_fds_from(3, None);
+    // Our own session: a Ctrl-C at the agent's terminal must not reach the containers, which
+    // outlive an agent restart.
+    let _ = setsid();
+    if thread_count() != Some(1) {
+        // fork() below relies on this process having one thread.
+        eprintln!("coxswain launcher: started with more than one thread; refusing to fork");
+        return 2;
+    }
+    let stdin = std::io::stdin();
+    let mut out = std::io::stdout();
+    for line in stdin.lock().lines() {
+        reap();
+        let Ok(line) = line else { break };
+        let response = match serde_json::from_str::<Request>(&line) {
+            Ok(request) => match handle(&request) {
+                Ok(pid) => Response {
+                    pid: Some(pid),
+                    error: None,
+                },
+                Err(error) => Response {
+                    pid: None,
+                    error: Some(error),
+                },
+            },
+            Err(e) => Response {
+                pid: None,
+                error: Some(format!("bad launcher request: {e}")),
+            },
+        };
+        let Ok(text) = serde_json::to_string(&response) else {
+            break;
+        };
+        if writeln!(out, "{text}").and_then(|()| out.flush()).is_err() {
+            break;
+        }
+    }
+    0
+}
+
+/// Collects exited children (sandbox and exec shims) so no zombies pile up; running ones stay.
+fn reap() {
+    while let Ok(status) = waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
+        if status == WaitStatus::StillAlive {
+            break;
+        }
+    }
+}
+
+fn thread_count() -> Option<usize> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+}
+
+fn handle(request: &Request) -> Result<u32, String> {
+    // A buffered byte left in stdout would be written twice, once by each side of the fork.
+    let _ = std::io::stdout().flush();
+    let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    let (pid_r, pid_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    // SAFETY: the launcher has exactly one thread (checked in `serve`), so the child starts
+    // with a consistent heap and no lock held by a vanished thread.
+    #[allow(unsafe_code)]
+    let forked = unsafe { fork() }.map_err(|e| format!("fork: {e}"))?;
+    match forked {
+        ForkResult::Child => {
+            drop(err_r);
+            drop(pid_r);
+            let code = match request {
+                Request::Sandbox(s) => sandbox_shim(s, err_w, pid_w),
+                Request::Container(c) => container_shim(c, err_w, pid_w),
+                Request::Exec(e) => exec_shim(e, err_w, pid_w),
+            };
+            std::process::exit(code)
+        }
+        ForkResult::Parent { .. } => {
+            drop(err_w);
+            drop(pid_w);
+            let mut pid = Vec::new();
+            let _ = File::from(pid_r).read_to_end(&mut pid);
+            let mut error = String::new();
+            let _ = File::from(err_r).read_to_string(&mut error);
+            reap();
+            if !error.is_empty() {
+                return Err(error);
+            }
+            let bytes: [u8; 4] = pid
+                .get(..4)
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| "the process ended before it started".to_owned())?;
+            Ok(u32::from_le_bytes(bytes))
+        }
+    }
+}
+
+/// Writes an error for the launcher to read, and returns the exit code of a failed child.
+fn report(err_w: &OwnedFd, message: &str) -> i32 {
+    let mut rest = message.as_bytes();
+    while !rest.is_empty() {
+        match nix::unistd::write(err_w, rest) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => rest = rest.get(n..).unwrap_or_default(),
+        }
+    }
+    127
+}
+
+fn send_pid(pid_w: OwnedFd, pid: Pid) {
+    let pid = u32::try_from(pid.as_raw()).unwrap_or(0);
+    let _ = File::from(pid_w).write_all(&pid.to_le_bytes());
+}
+
+/// Points stdin, stdout and stderr at `/dev/null`: a shim must not hold the agent's pipes
+/// open, or the agent would never see the launcher's end.
+fn detach_stdio() {
+    if let Ok(null) = OpenOptions::new().read(true).write(true).open("/dev/null") {
+        let _ = nix::unistd::dup2_stdin(&null);
+        let _ = nix::unistd::dup2_stdout(&null);
+        let _ = nix::unistd::dup2_stderr(&null);
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// The sandbox
+
+fn sandbox_shim(req: &SandboxLaunch, err_w: OwnedFd, pid_w: OwnedFd) -> i32 {
+    detach_stdio();
+    let mut flags = CloneFlags::CLONE_NEWIPC;
+    if req.own_network {
+        flags |= CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWUTS;
+    }
+    if req.own_pid {
+        flags |= CloneFlags::CLONE_NEWPID;
+    }
+    if let Err(e) = unshare(flags) {
+        return report(&err_w, &format!("create the pod's namespaces: {e}"));
+    }
+    if req.own_network
+        && let Err(e) = nix::unistd::sethostname(&req.hostname)
+    {
+        return report(&err_w, &format!("set hostname {:?}: {e}", req.hostname));
+    }
+    // SAFETY: this process is a fork of the single-threaded launcher and has started no
+    // thread since.
+    #[allow(unsafe_code)]
+    let forked = unsafe { fork() };
+    match forked {
+        Err(e) => report(&err_w, &format!("fork the sandbox holder: {e}")),
+        Ok(ForkResult::Child) => {
+            drop(pid_w);
+            for procs in &req.cgroup_procs {
+                if let Err(e) = fs::write(procs, "0") {
+                    return report(&err_w, &format!("join cgroup {}: {e}", procs.display()));
+                }
+            }
+            drop(err_w);
+            hold()
+        }
+        Ok(ForkResult::Parent { child }) => {
+            // The holder reparents to the launcher's reaper once we exit; its pid is all the
+            // agent needs.
+            send_pid(pid_w, child);
+            drop(err_w);
+            0
+        }
+    }
+}
+
+/// The holder's whole life: keep the namespaces alive and, as PID 1 of a shared PID
+/// namespace, reap orphans. It ends only by SIGKILL (PID 1 of a namespace ignores signals it
+/// has no handler for). It never starts a thread: `sleep` is a plain nanosleep.
+fn hold() -> i32 {
+    // Not dumpable: a container sharing its PID namespace cannot open /proc/1/exe (the
+    // coxswain binary) without CAP_SYS_PTRACE, which containers do not have (CVE-2019-5736).
+    let _ = nix::sys::prctl::set_dumpable(false);
+    let _ = nix::unistd::chdir("/");
+    close_fds_from(3, None);
+    loop {
+        match waitpid(None::<Pid>, None) {
+            Ok(_) => {}
+            // Nothing to reap yet. SIGCHLD is ignored by default, so pause() would not wake
+            // for an orphan's death; a short sleep bounds how long its zombie lingers.
+            Err(Errno::ECHILD) => std::thread::sleep(std::time::Duration::from_secs(1)),
+            Err(_) => {}
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Containers
+
+/// Opens `/proc/<pid>/ns/<name>` of a process whose namespaces we join.
+fn ns_file(pid: u32, name: &str) -> Result<File, String> {
+    File::open(format!("/proc/{pid}/ns/{name}"))
+        .map_err(|e| format!("open the {name} namespace of process {pid}: {e}"))
+}
+
+fn container_shim(req: &ContainerLaunch, err_w: OwnedFd, pid_w: OwnedFd) -> i32 {
+    detach_stdio();
+    let joined = (|| -> Result<(), String> {
+        let mut join = vec![("ipc", CloneFlags::CLONE_NEWIPC)];
+        if req.join_network {
+            join.push(("uts", CloneFlags::CLONE_NEWUTS));
+            join.push(("net", CloneFlags::CLONE_NEWNET));
+        }
+        if req.join_pid {
+            join.push(("pid", CloneFlags::CLONE_NEWPID));
+        }
+        for (name, flag) in join {
+            let file = ns_file(req.sandbox_pid, name)?;
+            setns(&file, flag).map_err(|e| format!("join the pod's {name} namespace: {e}"))?;
+        }
+        if !req.join_pid {
+            unshare(CloneFlags::CLONE_NEWPID)
+                .map_err(|e| format!("create the container's PID namespace: {e}"))?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = joined {
+        return report(&err_w, &e);
+    }
+    // SAFETY: a fork of the single-threaded launcher that has started no thread.
+    #[allow(unsafe_code)]
+    let forked = unsafe { fork() };
+    match forked {
+        Err(e) => report(&err_w, &format!("fork the container: {e}")),
+        Ok(ForkResult::Child) => {
+            drop(pid_w);
+            let error = container_init(req, &err_w);
+            report(&err_w, &error)
+        }
+        Ok(ForkResult::Parent { child }) => {
+            send_pid(pid_w, child);
+            drop(err_w);
+            wait_and_record(child, &req.exit_file);
+            0
+        }
+    }
+}
+
+/// Waits for `child` and writes how it ended to `exit_file` (atomically, so a reader never
+/// sees half a record).
+fn wait_and_record(child: Pid, exit_file: &Path) {
+    let (exit_code, signal) = loop {
+        match waitpid(child, None) {
+            Ok(WaitStatus::Exited(_, code)) => break (code, None),
+            Ok(WaitStatus::Signaled(_, sig, _)) => break (128 + sig as i32, Some(sig as i32)),
+            Ok(_) | Err(Errno::EINTR) => continue,
+            // ECHILD cannot happen for our own child; record an unknown end rather than none.
+            Err(_) => break (255, None),
+        }
+    };
+    let record = ExitRecord {
+        exit_code,
+        signal,
+        finished_at: SystemTime::now(),
+    };
+    if let Ok(text) = serde_json::to_vec(&record) {
+        let tmp = exit_file.with_extension("tmp");
+        if fs::write(&tmp, text).is_ok() {
+            let _ = fs::rename(&tmp, exit_file);
+        }
+    }
+}
+
+/// PID 1 of the container, up to the exec. Returns only on failure, with the reason.
+fn container_init(req: &ContainerLaunch, err_w: &OwnedFd) -> String {
+    match build_container(req, err_w) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    }
+}
+
+/// The uninhabited success of a function that ends in exec.
+enum Never {}
+
+fn step<T>(what: &str, r: nix::Result<T>) -> Result<T, String> {
+    r.map_err(|e| format!("{what}: {e}"))
+}
+
+fn build_container(req: &ContainerLaunch, err_w: &OwnedFd) -> Result<Never, String> {
+    // Opened while the host's filesystem is still in view; after the pivot it is not.
+    let log = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o640)
+        .custom_flags(libc_o_cloexec())
+        .open(&req.log)
+        .map_err(|e| format!("open log {}: {e}", req.log.display()))?;
+    let null = File::open("/dev/null").map_err(|e| format!("open /dev/null: {e}"))?;
+    for procs in &req.cgroup_procs {
+        fs::write(procs, "0").map_err(|e| format!("join cgroup {}: {e}", procs.display()))?;
+    }
+    step(
+        "create the container's mount and cgroup namespaces",
+        unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWCGROUP),
+    )?;
+    // No mount made here may propagate back to the host.
+    step(
+        "make / a slave mount",
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_SLAVE,
+            None::<&str>,
+        ),
+    )?;
+    let root = req.layer.join("merged");
+    mount_root(req, &root)?;
+    let prior = umask(Mode::empty());
+    mount_system(&root)?;
+    for m in &req.mounts {
+        bind_volume(&root, m)?;
+    }
+    mask(&root)?;
+    if req.read_only_root_filesystem || matches!(req.rootfs, Rootfs::Host) {
+        step(
+            "make the root filesystem read-only",
+            mount(
+                None::<&str>,
+                &root,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                None::<&str>,
+            ),
+        )?;
+    }
+    umask(prior);
+    pivot(&root)?;
+    enter_working_dir(req.process.working_dir.as_deref())?;
+    exec_process(&req.process, &log, &null, err_w)
+}
+
+/// `O_CLOEXEC` for `OpenOptions::custom_flags` (std adds it anyway; stated for the reader).
+fn libc_o_cloexec() -> i32 {
+    OFlag::O_CLOEXEC.bits()
+}
+
+fn mount_root(req: &ContainerLaunch, root: &Path) -> Result<(), String> {
+    match &req.rootfs {
+        Rootfs::Image(lower) if !req.read_only_root_filesystem => {
+            // The image stays untouched and shared; the container writes to its own upper
+            // layer, which goes away with the container.
+            let data = format!(
+                "lowerdir={},upperdir={},workdir={}",
+                lower.display(),
+                req.layer.join("upper").display(),
+                req.layer.join("work").display()
+            );
+            step(
+                "mount the container's root filesystem (overlay)",
+                mount(
+                    Some("overlay"),
+                    root,
+                    Some("overlay"),
+                    MsFlags::empty(),
+                    Some(data.as_str()),
+                ),
+            )
+        }
+        Rootfs::Image(lower) => step(
+            "bind the image as the root filesystem",
+            mount(
+                Some(lower.as_path()),
+                root,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            ),
+        ),
+        Rootfs::Host => step(
+            "bind the host's root",
+            mount(
+                Some("/"),
+                root,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            ),
+        ),
+    }
+}
+
+/// `/proc`, a minimal `/dev` and a read-only `/sys`, as runc gives every container.
+fn mount_system(root: &Path) -> Result<(), String> {
+    let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let proc = mount_point(root, "/proc", true)?;
+    step(
+        "mount /proc",
+        mount(Some("proc"), &proc, Some("proc"), nosuid, None::<&str>),
+    )?;
+    let sys = mount_point(root, "/sys", true)?;
+    step(
+        "mount /sys",
+        mount(
+            Some("sysfs"),
+            &sys,
+            Some("sysfs"),
+            nosuid | MsFlags::MS_RDONLY,
+            None::<&str>,
+        ),
+    )?;
+    let dev = mount_point(root, "/dev", true)?;
+    step(
+        "mount /dev",
+        mount(
+            Some("tmpfs"),
+            &dev,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+            Some("mode=755,size=65536k"),
+        ),
+    )?;
+    for (name, major, minor) in [
+        ("null", 1, 3),
+        ("zero", 1, 5),
+        ("full", 1, 7),
+        ("random", 1, 8),
+        ("urandom", 1, 9),
+        ("tty", 5, 0),
+    ] {
+        step(
+            &format!("create /dev/{name}"),
+            mknod(
+                &dev.join(name),
+                SFlag::S_IFCHR,
+                Mode::from_bits_truncate(0o666),
+                makedev(major, minor),
+            ),
+        )?;
+    }
+    for dir in ["pts", "shm", "mqueue"] {
+        fs::create_dir(dev.join(dir)).map_err(|e| format!("create /dev/{dir}: {e}"))?;
+    }
+    step(
+        "mount /dev/pts",
+        mount(
+            Some("devpts"),
+            &dev.join("pts"),
+            Some("devpts"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            Some("newinstance,ptmxmode=0666,mode=0620"),
+        ),
+    )?;
+    step(
+        "mount /dev/shm",
+        mount(
+            Some("shm"),
+            &dev.join("shm"),
+            Some("tmpfs"),
+            nosuid,
+            Some("mode=1777,size=65536k"),
+        ),
+    )?;
+    step(
+        "mount /dev/mqueue",
+        mount(
+            Some("mqueue"),
+            &dev.join("mqueue"),
+            Some("mqueue"),
+            nosuid,
+            None::<&str>,
+        ),
+    )?;
+    for (link, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("ptmx", "pts/ptmx"),
+    ] {
+        std::os::unix::fs::symlink(target, dev.join(link))
+            .map_err(|e| format!("create /dev/{link}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// The host path of `path` inside the container's root, created (a directory, or an empty
+/// file) if missing, never outside the root.
+fn mount_point(root: &Path, path: &str, dir: bool) -> Result<PathBuf, String> {
+    let host = rootfs::resolve_in(root, path).map_err(|e| e.to_string())?;
+    if !host.exists() {
+        if dir {
+            fs::create_dir_all(&host)
+        } else {
+            if let Some(parent) = host.parent() {
+                fs::create_dir_all(parent).map_err(|e| format!("create {path}: {e}"))?;
+            }
+            File::create(&host).map(|_| ())
+        }
+        .map_err(|e| format!("create mount point {path}: {e}"))?;
+    }
+    Ok(host)
+}
+
+fn bind_volume(root: &Path, m: &BindMount) -> Result<(), String> {
+    let dir = m.source.is_dir();
+    let target = mount_point(root, &m.destination, dir)?;
+    step(
+        &format!("mount {} at {}", m.source.display(), m.destination),
+        mount(
+            Some(m.source.as_path()),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        ),
+    )?;
+    if m.read_only {
+        step(
+            &format!("make {} read-only", m.destination),
+            mount(
+                None::<&str>,
+                &target,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC,
+                None::<&str>,
+            ),
+        )?;
+    }
+    Ok(())
+}
+
+fn mask(root: &Path) -> Result<(), String> {
+    let null = root.join("dev/null");
+    for path in MASKED {
+        let host = rootfs::resolve_in(root, path).map_err(|e| e.to_string())?;
+        let Ok(meta) = fs::metadata(&host) else {
+            continue;
+        };
+        let r = if meta.is_dir() {
+            mount(
+                Some("tmpfs"),
+                &host,
+                Some("tmpfs"),
+                MsFlags::MS_RDONLY,
+                None::<&str>,
+            )
+        } else {
+            mount(
+                Some(null.as_path()),
+                &host,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+        };
+        step(&format!("mask {path}"), r)?;
+    }
+    for path in READ_ONLY {
+        let host = rootfs::resolve_in(root, path).map_err(|e| e.to_string())?;
+        if !host.exists() {
+            continue;
+        }
+        step(
+            &format!("bind {path}"),
+            mount(
+                Some(host.as_path()),
+                &host,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            ),
+        )?;
+        step(
+            &format!("make {path} read-only"),
+            mount(
+                None::<&str>,
+                &host,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC,
+                None::<&str>,
+            ),
+        )?;
+    }
+    Ok(())
+}
+
+/// Makes `root` the root and drops every trace of the host's tree: `pivot_root(".", ".")`
+/// stacks the old root under the new one, and the lazy unmount takes it away.
+fn pivot(root: &Path) -> Result<(), String> {
+    step("enter the root filesystem", nix::unistd::chdir(root))?;
+    step("pivot_root", pivot_root(".", "."))?;
+    step("detach the host's root", umount2(".", MntFlags::MNT_DETACH))?;
+    step("enter /", nix::unistd::chdir("/"))
+}
+
+fn enter_working_dir(dir: Option<&str>) -> Result<(), String> {
+    let Some(dir) = dir else { return Ok(()) };
+    rootfs::check_container_path("workingDir", dir).map_err(|e| e.to_string())?;
+    // As runc does, a missing working dir is created. The host is no longer in view, so no
+    // path can lead outside the container here.
+    if !Path::new(dir).exists() {
+        fs::create_dir_all(dir).map_err(|e| format!("create workingDir {dir}: {e}"))?;
+        let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o755));
+    }
+    step(&format!("enter workingDir {dir}"), nix::unistd::chdir(dir))
+}
+
+/// Everything from the container's process settings up to the exec: fds, capabilities,
+/// no_new_privs, user, stdio, and the command. Returns only on failure.
+fn exec_process(p: &Process, out: &File, input: &File, err_w: &OwnedFd) -> Result<Never, String> {
+    let program = find_program(p)?;
+    let argv = cstrings(&p.argv)?;
+    let env = cstrings(
+        &p.env
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>(),
+    )?;
+    step("set stdin", nix::unistd::dup2_stdin(input))?;
+    step("set stdout", nix::unistd::dup2_stdout(out))?;
+    step("set stderr", nix::unistd::dup2_stderr(out))?;
+    // Only 0-2 cross the exec: everything else is closed now, and the error pipe closes by
+    // itself at the exec (close-on-exec), which tells the launcher the exec happened.
+    close_fds_from(3, Some(err_w.as_raw_fd()));
+    drop_capabilities(&p.capabilities)?;
+    step("set no_new_privs", nix::sys::prctl::set_no_new_privs())?;
+    if let Some(gid) = p.group.or(p.user.map(|_| 0)) {
+        step("setgroups", nix::unistd::setgroups(&[Gid::from_raw(gid)]))?;
+        step("setgid", nix::unistd::setgid(Gid::from_raw(gid)))?;
+    }
+    if let Some(uid) = p.user {
+        step("setuid", nix::unistd::setuid(Uid::from_raw(uid)))?;
+    }
+    let e = nix::unistd::execve(&program, &argv, &env);
+    Err(match e {
+        Err(e) => format!(
+            "exec {:?}: {e}",
+            p.argv.first().map(String::as_str).unwrap_or("")
+        ),
+        Ok(never) => match never {},
+    })
+}
+
+fn cstrings(items: &[String]) -> Result<Vec<CString>, String> {
+    items
+        .iter()
+        .map(|s| CString::new(s.as_bytes()).map_err(|_| format!("{s:?} contains a NUL byte")))
+        .collect()
+}
+
+/// `argv[0]` as a path: used as it is when it has a `/`, else looked up in the container's
+/// `PATH` (the container's, not the launcher's, as runc does).
+fn find_program(p: &Process) -> Result<CString, String> {
+    let name = p
+        .argv
+        .first()
+        .ok_or_else(|| "no command to run".to_owned())?;
+    if name.contains('/') {
+        return CString::new(name.as_bytes()).map_err(|_| format!("{name:?} contains a NUL byte"));
+    }
+    let path = p
+        .env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "PATH")
+        .map_or(DEFAULT_PATH, |(_, v)| v.as_str());
+    for dir in path.split(':').filter(|d| !d.is_empty()) {
+        let candidate = Path::new(dir).join(name);
+        if let Ok(meta) = fs::metadata(&candidate)
+            && meta.is_file()
+            && meta.permissions().mode() & 0o111 != 0
+        {
+            return CString::new(candidate.as_os_str().as_encoded_bytes())
+                .map_err(|_| format!("{name:?} contains a NUL byte"));
+        }
+    }
+    Err(format!(
+        "exec: {name:?}: executable file not found in $PATH"
+    ))
+}
+
+fn drop_capabilities(keep: &[String]) -> Result<(), String> {
+    use caps::{CapSet, Capability};
+    let keep: caps::CapsHashSet = keep
+        .iter()
+        .filter_map(|name| name.parse::<Capability>().ok())
+        .collect();
+    for cap in caps::all() {
+        if !keep.contains(&cap) && caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false) {
+            caps::drop(None, CapSet::Bounding, cap)
+                .map_err(|e| format!("drop {cap} from the bounding set: {e}"))?;
+        }
+    }
+    // What a root process keeps across exec is bounded by the bounding set; a non-root one
+    // keeps only what is inheritable and ambient, and ambient stays empty as in Kubernetes.
+    caps::set(None, CapSet::Inheritable, &keep)
+        .map_err(|e| format!("set inheritable capabilities: {e}"))
+}
+
+/// Closes every fd from `first` up, except `keep`. Listed first, then closed, because closing
+/// while reading `/proc/self/fd` would close the directory's own fd under the reader.
+fn close_fds_from(first: i32, keep: Option<i32>) {
+    let Ok(dir) = fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<i32> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|&fd| fd >= first && Some(fd) != keep)
+        .collect();
+    for fd in fds {
+        // The directory's own fd is in the list and already closed by now: EBADF is fine.
+        let _ = nix::unistd::close(fd);
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Exec in a running container
+
+fn exec_shim(req: &ExecLaunch, err_w: OwnedFd, pid_w: OwnedFd) -> i32 {
+    detach_stdio();
+    let prepared = (|| -> Result<(File, File, File), String> {
+        let output = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(&req.output)
+            .map_err(|e| format!("open {}: {e}", req.output.display()))?;
+        let null = File::open("/dev/null").map_err(|e| format!("open /dev/null: {e}"))?;
+        let mnt = ns_file(req.target_pid, "mnt")?;
+        for (name, flag) in [
+            ("ipc", CloneFlags::CLONE_NEWIPC),
+            ("uts", CloneFlags::CLONE_NEWUTS),
+            ("net", CloneFlags::CLONE_NEWNET),
+            ("pid", CloneFlags::CLONE_NEWPID),
+        ] {
+            let file = ns_file(req.target_pid, name)?;
+            setns(&file, flag)
+                .map_err(|e| format!("join the container's {name} namespace: {e}"))?;
+        }
+        Ok((output, null, mnt))
+    })();
+    let (output, null, mnt) = match prepared {
+        Ok(p) => p,
+        Err(e) => return report(&err_w, &e),
+    };
+    // SAFETY: a fork of the single-threaded launcher that has started no thread.
+    #[allow(unsafe_code)]
+    let forked = unsafe { fork() };
+    match forked {
+        Err(e) => report(&err_w, &format!("fork the exec: {e}")),
+        Ok(ForkResult::Child) => {
+            drop(pid_w);
+            let error = (|| -> Result<Never, String> {
+                for procs in &req.cgroup_procs {
+                    fs::write(procs, "0")
+                        .map_err(|e| format!("join cgroup {}: {e}", procs.display()))?;
+                }
+                step(
+                    "join the container's mount namespace",
+                    setns(&mnt, CloneFlags::CLONE_NEWNS),
+                )?;
+                let dir = req.process.working_dir.as_deref().unwrap_or("/");
+                step(&format!("enter {dir}"), nix::unistd::chdir(dir))?;
+                exec_process(&req.process, &output, &null, &err_w)
+            })();
+            match error {
+                Ok(never) => match never {},
+                Err(e) => report(&err_w, &e),
+            }
+        }
+        Ok(ForkResult::Parent { child }) => {
+            send_pid(pid_w, child);
+            drop(err_w);
+            wait_and_record(child, &req.exit_file);
+            0
+        }
+    }
+}

@@ -1,0 +1,735 @@
+//! The real [`Runtime`]: pod sandboxes and containers as Linux processes in namespaces and
+//! cgroups, started through the [`launcher`](super::launcher).
+//!
+//! Everything the runtime knows lives in its state dir, so an agent that restarts finds it
+//! again ([`Runtime::list`]):
+//!
+//! ```text
+//! <state>/sandboxes/<key>/sandbox.json            the holder's pid, the pod IP
+//! <state>/sandboxes/<key>/<name>.<attempt>/       one container start:
+//!     container.json                              its pid, start time, process settings
+//!     exit.json                                   how it ended (written by its shim)
+//!     upper/ work/ merged/                        its writable layer and root
+//! <state>/logs/<key>/<name>/<attempt>.log         its stdout and stderr
+//! ```
+//!
+//! Cgroups: `coxswain/<key>` for the pod, `coxswain/<key>/sandbox` for the holder and
+//! `coxswain/<key>/<name>.<attempt>` for each container (processes only in leaves, which
+//! cgroup v2 requires).
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+use super::launcher::{self, ContainerLaunch, ExecLaunch, ExitRecord, Process, Request, Response};
+use super::{
+    ContainerId, ContainerSpec, ContainerState, EXEC_OUTPUT_LIMIT, ExecOutput, Runtime, Sandbox,
+    SandboxSpec, rootfs,
+};
+use crate::cgroup::{Cgroup, Resources};
+use crate::error::{Error, Result};
+use crate::ipam::Pool;
+use crate::net::{Bridge, BridgeConfig, host_if_name};
+
+/// How long removing a cgroup waits for its processes to be gone.
+const CGROUP_REMOVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How the node's runtime is set up.
+#[derive(Debug, Clone)]
+pub struct LinuxConfig {
+    /// Where the runtime keeps its state (sandboxes, containers, logs).
+    pub state_dir: PathBuf,
+    /// The coxswain binary, started as the launcher.
+    pub launcher: PathBuf,
+    /// The node's pod network; `None` gives pods a network namespace with only `lo`.
+    pub network: Option<BridgeConfig>,
+    /// The pids limit of every container (the kubelet's `podPidsLimit`).
+    pub pids_max: Option<u64>,
+}
+
+/// The Linux runtime. Cheap to share behind an `Arc`; calls from several threads are safe
+/// (the launcher answers one request at a time, and each request takes a few milliseconds).
+#[derive(Debug)]
+pub struct LinuxRuntime {
+    cfg: LinuxConfig,
+    launcher: Mutex<Option<LauncherProcess>>,
+    network: Option<(Bridge, Pool)>,
+    /// Open cgroup handles by path: a handle removes its cgroup when dropped while empty, so
+    /// the runtime keeps one for as long as the cgroup is meant to exist.
+    cgroups: Mutex<HashMap<String, Cgroup>>,
+}
+
+#[derive(Debug)]
+struct LauncherProcess {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+/// `sandbox.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SandboxRecord {
+    sandbox: Sandbox,
+    /// The holder's start time in clock ticks since boot (`/proc/<pid>/stat` field 22), so a
+    /// reused pid is never mistaken for the holder.
+    start_ticks: u64,
+    host_if: Option<String>,
+}
+
+/// `container.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ContainerRecord {
+    id: ContainerId,
+    pid: u32,
+    start_ticks: u64,
+    started_at: SystemTime,
+    /// What an exec in this container runs with (its env, user and capabilities).
+    process: Process,
+}
+
+impl LinuxRuntime {
+    /// Opens the runtime over `cfg.state_dir`, setting up the node's bridge if configured.
+    pub fn new(cfg: LinuxConfig) -> Result<LinuxRuntime> {
+        for dir in ["sandboxes", "logs", "ipam"] {
+            let path = cfg.state_dir.join(dir);
+            fs::create_dir_all(&path).map_err(Error::io("create state dir", &path))?;
+        }
+        let network = match &cfg.network {
+            Some(net) => {
+                let pool = Pool::open(&cfg.state_dir.join("ipam"), net.cidr)?;
+                Some((Bridge::ensure(net)?, pool))
+            }
+            None => None,
+        };
+        Ok(LinuxRuntime {
+            cfg,
+            launcher: Mutex::new(None),
+            network,
+            cgroups: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The node's bridge, if it has one (for teardown by `coxswain up` and tests).
+    pub fn bridge(&self) -> Option<&Bridge> {
+        self.network.as_ref().map(|(b, _)| b)
+    }
+
+    fn sandbox_dir(&self, key: &str) -> PathBuf {
+        self.cfg.state_dir.join("sandboxes").join(key)
+    }
+
+    fn container_dir(&self, id: &ContainerId) -> PathBuf {
+        self.sandbox_dir(&id.sandbox)
+            .join(format!("{}.{}", id.name, id.attempt))
+    }
+
+    /// Sends one request to the launcher, starting it if needed (and again if it died).
+    fn request(&self, request: &Request) -> Result<u32> {
+        let line = serde_json::to_string(request).map_err(|e| Error::State {
+            path: self.cfg.launcher.clone(),
+            reason: format!("encode launcher request: {e}"),
+        })?;
+        let mut guard = self.launcher.lock().unwrap_or_else(|p| p.into_inner());
+        for attempt in 0..2 {
+            if guard.is_none() {
+                *guard = Some(self.spawn_launcher()?);
+            }
+            let Some(launcher) = guard.as_mut() else {
+                continue;
+            };
+            let mut answer = String::new();
+            let sent = writeln!(launcher.stdin, "{line}")
+                .and_then(|()| launcher.stdin.flush())
+                .and_then(|()| launcher.stdout.read_line(&mut answer));
+            match sent {
+                Ok(n) if n > 0 => {
+                    let response: Response =
+                        serde_json::from_str(&answer).map_err(|e| Error::State {
+                            path: self.cfg.launcher.clone(),
+                            reason: format!("bad launcher answer {answer:?}: {e}"),
+                        })?;
+                    return match (response.pid, response.error) {
+                        (Some(pid), None) => Ok(pid),
+                        (_, Some(error)) => Err(Error::Launch { reason: error }),
+                        (None, None) => Err(Error::Launch {
+                            reason: "the launcher gave no pid".to_owned(),
+                        }),
+                    };
+                }
+                // The launcher died (EOF or a broken pipe): start a new one and retry once;
+                // a request is only ever half-done if the launcher crashed mid-fork, which
+                // leaves at most an orphan the next list() shows.
+                _ => {
+                    if let Some(mut dead) = guard.take() {
+                        let _ = dead.child.kill();
+                        let _ = dead.child.wait();
+                    }
+                    tracing::warn!(attempt, "the launcher is gone; starting a new one");
+                }
+            }
+        }
+        Err(Error::Launch {
+            reason: "the launcher keeps dying".to_owned(),
+        })
+    }
+
+    fn spawn_launcher(&self) -> Result<LauncherProcess> {
+        let mut child = Command::new(&self.cfg.launcher)
+            .arg(launcher::ARG)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .env_clear()
+            .spawn()
+            .map_err(Error::io("start the launcher", &self.cfg.launcher))?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            let _ = child.kill();
+            return Err(Error::Launch {
+                reason: "the launcher has no pipes".to_owned(),
+            });
+        };
+        Ok(LauncherProcess {
+            child,
+            stdin,
+            stdout: BufReader::new(stdout),
+        })
+    }
+
+    fn cgroup_create(&self, path: &str, res: &Resources) -> Result<Vec<PathBuf>> {
+        let cgroup = Cgroup::create(path, res)?;
+        let procs = cgroup
+            .paths()
+            .iter()
+            .map(|d| d.path.join("cgroup.procs"))
+            .collect();
+        self.cgroups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(path.to_owned(), cgroup);
+        Ok(procs)
+    }
+
+    /// Runs `f` on the cgroup at `path` if it exists (opening it after an agent restart).
+    fn with_cgroup<T>(
+        &self,
+        path: &str,
+        f: impl FnOnce(&Cgroup) -> Result<T>,
+    ) -> Result<Option<T>> {
+        let mut map = self.cgroups.lock().unwrap_or_else(|p| p.into_inner());
+        if !map.contains_key(path) {
+            match Cgroup::open(path)? {
+                Some(cg) => {
+                    map.insert(path.to_owned(), cg);
+                }
+                None => return Ok(None),
+            }
+        }
+        match map.get(path) {
+            Some(cg) => f(cg).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn cgroup_remove(&self, path: &str) -> Result<()> {
+        let taken = self
+            .cgroups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(path);
+        let cgroup = match taken {
+            Some(cg) => cg,
+            None => match Cgroup::open(path)? {
+                Some(cg) => cg,
+                None => return Ok(()),
+            },
+        };
+        cgroup.kill_all()?;
+        cgroup.remove_blocking(CGROUP_REMOVE_TIMEOUT)
+    }
+
+    fn read_sandbox(&self, key: &str) -> Result<Option<SandboxRecord>> {
+        read_json(&self.sandbox_dir(key).join("sandbox.json"))
+    }
+
+    fn read_container(&self, id: &ContainerId) -> Result<Option<ContainerRecord>> {
+        read_json(&self.container_dir(id).join("container.json"))
+    }
+}
+
+fn container_cgroup(id: &ContainerId) -> String {
+    format!("coxswain/{}/{}.{}", id.sandbox, id.name, id.attempt)
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>> {
+    match fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| Error::State {
+                path: path.to_owned(),
+                reason: e.to_string(),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io("read", path)(e)),
+    }
+}
+
+/// Writes `value` as JSON through a temporary file and a rename, so a crash never leaves half
+/// a record.
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let bytes = serde_json::to_vec(value).map_err(|e| Error::State {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, bytes).map_err(Error::io("write", &tmp))?;
+    fs::rename(&tmp, path).map_err(Error::io("rename", path))
+}
+
+/// A process's start time in clock ticks since boot, or `None` if it is gone.
+fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses; fields after the last ')'
+    // are plain. Field 22 is the 20th after it.
+    let after = stat.rsplit_once(')')?.1;
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether `pid` is still the process that started at `ticks` (and not a zombie).
+fn alive(pid: u32, ticks: u64) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let Some((_, after)) = stat.rsplit_once(')') else {
+        return false;
+    };
+    let mut fields = after.split_whitespace();
+    let state = fields.next();
+    state != Some("Z")
+        && state != Some("X")
+        && fields.nth(18).and_then(|t| t.parse::<u64>().ok()) == Some(ticks)
+}
+
+/// The capability set a container keeps: runc's default, plus `add`, minus `drop` (`ALL`
+/// drops everything not added), with Kubernetes' names (`NET_ADMIN`) or the kernel's.
+pub fn capabilities(add: &[String], drop: &[String]) -> Vec<String> {
+    let norm = |c: &String| {
+        let c = c.to_ascii_uppercase();
+        if c.starts_with("CAP_") {
+            c
+        } else {
+            format!("CAP_{c}")
+        }
+    };
+    let drop: Vec<String> = drop.iter().map(norm).collect();
+    let mut keep: Vec<String> = if drop.iter().any(|d| d == "CAP_ALL") {
+        Vec::new()
+    } else {
+        launcher::DEFAULT_CAPABILITIES
+            .iter()
+            .map(|c| (*c).to_owned())
+            .filter(|c| !drop.contains(c))
+            .collect()
+    };
+    for c in add.iter().map(norm) {
+        if !keep.contains(&c) {
+            keep.push(c);
+        }
+    }
+    keep
+}
+
+impl Runtime for LinuxRuntime {
+    fn run_sandbox(&self, spec: &SandboxSpec) -> Result<Sandbox> {
+        let _span = tracing::debug_span!("run_sandbox", key = %spec.key).entered();
+        if let Some(rec) = self.read_sandbox(&spec.key)?
+            && alive(rec.sandbox.pid, rec.start_ticks)
+        {
+            return Ok(rec.sandbox);
+        }
+        let dir = self.sandbox_dir(&spec.key);
+        fs::create_dir_all(&dir).map_err(Error::io("create sandbox dir", &dir))?;
+        let pod_cgroup = format!("coxswain/{}", spec.key);
+        self.cgroup_create(&pod_cgroup, &spec.resources)?;
+        let procs = self.cgroup_create(&format!("{pod_cgroup}/sandbox"), &Resources::default())?;
+        let own_network = !spec.host_network;
+        let pid = self.request(&Request::Sandbox(launcher::SandboxLaunch {
+            hostname: spec.hostname.clone(),
+            own_network,
+            own_pid: spec.share_process_namespace,
+            cgroup_procs: procs,
+        }))?;
+        let ticks = start_ticks(pid).ok_or_else(|| Error::Launch {
+            reason: format!("the sandbox holder {pid} died at start"),
+        })?;
+        let mut record = SandboxRecord {
+            sandbox: Sandbox {
+                key: spec.key.clone(),
+                pid,
+                pod_ip: None,
+                host_network: spec.host_network,
+                share_process_namespace: spec.share_process_namespace,
+            },
+            start_ticks: ticks,
+            host_if: None,
+        };
+        if own_network && let Some((bridge, pool)) = &self.network {
+            let wired = (|| -> Result<(std::net::Ipv4Addr, String)> {
+                let ip = pool.allocate(&spec.key)?;
+                let host_if = host_if_name(&spec.key);
+                bridge.attach(Path::new(&format!("/proc/{pid}/ns/net")), ip, &host_if)?;
+                Ok((ip, host_if))
+            })();
+            match wired {
+                Ok((ip, host_if)) => {
+                    record.sandbox.pod_ip = Some(ip);
+                    record.host_if = Some(host_if);
+                }
+                Err(e) => {
+                    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                    let _ = pool.release(&spec.key);
+                    return Err(e);
+                }
+            }
+        }
+        write_json(&dir.join("sandbox.json"), &record)?;
+        tracing::debug!(pid, pod_ip = ?record.sandbox.pod_ip, "sandbox started");
+        Ok(record.sandbox)
+    }
+
+    fn stop_sandbox(&self, key: &str) -> Result<()> {
+        let _span = tracing::debug_span!("stop_sandbox", key).entered();
+        let record = self.read_sandbox(key)?;
+        if let Some(rec) = &record
+            && alive(rec.sandbox.pid, rec.start_ticks)
+        {
+            let _ = kill(Pid::from_raw(rec.sandbox.pid as i32), Signal::SIGKILL);
+        }
+        if let Some((bridge, pool)) = &self.network {
+            if let Some(host_if) = record.as_ref().and_then(|r| r.host_if.as_deref()) {
+                bridge.detach(host_if)?;
+            }
+            pool.release(key)?;
+        }
+        let pod_cgroup = format!("coxswain/{key}");
+        // Containers left behind (the caller should have removed them) go with the pod.
+        if let Ok(entries) = fs::read_dir(self.sandbox_dir(key)) {
+            for entry in entries.flatten() {
+                if let Some(name) = entry.file_name().to_str()
+                    && let Some((cname, attempt)) = name.rsplit_once('.')
+                    && let Ok(attempt) = attempt.parse()
+                {
+                    let id = ContainerId {
+                        sandbox: key.to_owned(),
+                        name: cname.to_owned(),
+                        attempt,
+                    };
+                    self.remove_container(&id)?;
+                }
+            }
+        }
+        self.cgroup_remove(&format!("{pod_cgroup}/sandbox"))?;
+        self.cgroup_remove(&pod_cgroup)?;
+        for dir in [
+            self.sandbox_dir(key),
+            self.cfg.state_dir.join("logs").join(key),
+        ] {
+            match fs::remove_dir_all(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("remove", &dir)(e)),
+            }
+        }
+        Ok(())
+    }
+
+    fn start_container(&self, sandbox: &Sandbox, spec: &ContainerSpec) -> Result<ContainerId> {
+        let id = ContainerId {
+            sandbox: sandbox.key.clone(),
+            name: spec.name.clone(),
+            attempt: spec.attempt,
+        };
+        let _span = tracing::debug_span!("start_container", id = %id).entered();
+        if let Some(dir) = &spec.working_dir {
+            rootfs::check_container_path("workingDir", dir)?;
+        }
+        for m in &spec.mounts {
+            rootfs::check_container_path("volumeMounts.mountPath", &m.destination)?;
+        }
+        let dir = self.container_dir(&id);
+        for sub in ["upper", "work", "merged"] {
+            fs::create_dir_all(dir.join(sub)).map_err(Error::io("create container dir", &dir))?;
+        }
+        let log = self.log_path(&id);
+        if let Some(parent) = log.parent() {
+            fs::create_dir_all(parent).map_err(Error::io("create log dir", parent))?;
+        }
+        let mut resources = spec.resources;
+        resources.pids_max = resources.pids_max.or(self.cfg.pids_max);
+        let procs = self.cgroup_create(&container_cgroup(&id), &resources)?;
+        let process = Process {
+            argv: spec.argv.clone(),
+            env: spec.env.clone(),
+            working_dir: spec.working_dir.clone(),
+            user: spec.user,
+            group: spec.group,
+            capabilities: capabilities(&spec.add_capabilities, &spec.drop_capabilities),
+        };
+        let started_at = SystemTime::now();
+        let launched = self.request(&Request::Container(ContainerLaunch {
+            sandbox_pid: sandbox.pid,
+            join_network: !sandbox.host_network,
+            join_pid: sandbox.share_process_namespace,
+            cgroup_procs: procs,
+            rootfs: spec.rootfs.clone(),
+            layer: dir.clone(),
+            read_only_root_filesystem: spec.read_only_root_filesystem,
+            mounts: spec.mounts.clone(),
+            process: process.clone(),
+            log,
+            exit_file: dir.join("exit.json"),
+        }));
+        let pid = match launched {
+            Ok(pid) => pid,
+            Err(e) => {
+                let _ = self.remove_container(&id);
+                return Err(e);
+            }
+        };
+        // A command that ends at once may be gone before we look; its exit record says how.
+        let start_ticks = start_ticks(pid).unwrap_or(0);
+        write_json(
+            &dir.join("container.json"),
+            &ContainerRecord {
+                id: id.clone(),
+                pid,
+                start_ticks,
+                started_at,
+                process,
+            },
+        )?;
+        Ok(id)
+    }
+
+    fn container_state(&self, id: &ContainerId) -> Result<ContainerState> {
+        let Some(rec) = self.read_container(id)? else {
+            return Ok(ContainerState::Unknown);
+        };
+        let dir = self.container_dir(id);
+        let exit: Option<ExitRecord> = read_json(&dir.join("exit.json"))?;
+        match exit {
+            Some(exit) => {
+                let oom = self
+                    .with_cgroup(&container_cgroup(id), |cg| cg.oom_killed())?
+                    .unwrap_or(false);
+                Ok(ContainerState::Exited {
+                    exit_code: exit.exit_code,
+                    signal: exit.signal,
+                    oom_killed: oom && exit.signal == Some(Signal::SIGKILL as i32),
+                    started_at: rec.started_at,
+                    finished_at: exit.finished_at,
+                })
+            }
+            None if alive(rec.pid, rec.start_ticks) => Ok(ContainerState::Running {
+                pid: rec.pid,
+                started_at: rec.started_at,
+            }),
+            // The shim writes the exit record just after the process ends; give it a moment
+            // before deciding the record will never come (the shim itself was killed).
+            None => {
+                let deadline = Instant::now() + Duration::from_millis(100);
+                while Instant::now() < deadline {
+                    if let Some(exit) = read_json::<ExitRecord>(&dir.join("exit.json"))? {
+                        let _ = exit;
+                        return self.container_state(id);
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Ok(ContainerState::Exited {
+                    exit_code: 255,
+                    signal: None,
+                    oom_killed: false,
+                    started_at: rec.started_at,
+                    finished_at: SystemTime::now(),
+                })
+            }
+        }
+    }
+
+    fn signal(&self, id: &ContainerId, signal: i32) -> Result<()> {
+        let Some(rec) = self.read_container(id)? else {
+            return Ok(());
+        };
+        if !alive(rec.pid, rec.start_ticks) {
+            return Ok(());
+        }
+        let signal = Signal::try_from(signal).map_err(Error::sys(format!("signal {signal}")))?;
+        match kill(Pid::from_raw(rec.pid as i32), signal) {
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+            Err(e) => Err(Error::sys(format!("send {signal} to {id}"))(e)),
+        }
+    }
+
+    fn kill(&self, id: &ContainerId) -> Result<()> {
+        self.with_cgroup(&container_cgroup(id), |cg| cg.kill_all())?;
+        Ok(())
+    }
+
+    fn remove_container(&self, id: &ContainerId) -> Result<()> {
+        self.cgroup_remove(&container_cgroup(id))?;
+        let dir = self.container_dir(id);
+        // The container's mounts lived in its own mount namespace and went with its last
+        // process; only plain files are left.
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io("remove container dir", &dir)(e)),
+        }
+    }
+
+    fn exec(&self, id: &ContainerId, argv: &[String], timeout: Duration) -> Result<ExecOutput> {
+        let Some(rec) = self.read_container(id)? else {
+            return Err(Error::Launch {
+                reason: format!("container {id} not found"),
+            });
+        };
+        let dir = self.container_dir(id);
+        let n = EXEC_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let output = dir.join(format!("exec-{n}.out"));
+        let exit_file = dir.join(format!("exec-{n}.exit"));
+        let mut cgroup_procs = Vec::new();
+        self.with_cgroup(&container_cgroup(id), |cg| {
+            cgroup_procs = cg
+                .paths()
+                .iter()
+                .map(|d| d.path.join("cgroup.procs"))
+                .collect();
+            Ok(())
+        })?;
+        let mut process = rec.process.clone();
+        process.argv = argv.to_vec();
+        let pid = self.request(&Request::Exec(ExecLaunch {
+            target_pid: rec.pid,
+            cgroup_procs,
+            process,
+            output: output.clone(),
+            exit_file: exit_file.clone(),
+        }));
+        let result = pid.and_then(|pid| {
+            let deadline = Instant::now() + timeout;
+            let mut pause = Duration::from_micros(200);
+            let exit_code = loop {
+                if let Some(exit) = read_json::<ExitRecord>(&exit_file)? {
+                    break Some(exit.exit_code);
+                }
+                if Instant::now() >= deadline {
+                    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                    break None;
+                }
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(10));
+            };
+            let mut out = Vec::new();
+            if let Ok(f) = fs::File::open(&output) {
+                let _ = f.take(EXEC_OUTPUT_LIMIT as u64).read_to_end(&mut out);
+            }
+            Ok(ExecOutput {
+                exit_code,
+                output: out,
+            })
+        });
+        let _ = fs::remove_file(&output);
+        let _ = fs::remove_file(&exit_file);
+        result
+    }
+
+    fn list(&self) -> Result<Vec<(Sandbox, Vec<ContainerId>)>> {
+        let root = self.cfg.state_dir.join("sandboxes");
+        let mut out = Vec::new();
+        let entries = fs::read_dir(&root).map_err(Error::io("list sandboxes", &root))?;
+        for entry in entries.flatten() {
+            let Some(key) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            let Some(rec) = self.read_sandbox(&key)? else {
+                continue;
+            };
+            let mut containers = Vec::new();
+            if let Ok(dirs) = fs::read_dir(entry.path()) {
+                for d in dirs.flatten() {
+                    if let Ok(Some(c)) =
+                        read_json::<ContainerRecord>(&d.path().join("container.json"))
+                    {
+                        containers.push(c.id);
+                    }
+                }
+            }
+            containers.sort();
+            out.push((rec.sandbox, containers));
+        }
+        out.sort_by(|a, b| a.0.key.cmp(&b.0.key));
+        Ok(out)
+    }
+
+    fn log_path(&self, id: &ContainerId) -> PathBuf {
+        self.cfg
+            .state_dir
+            .join("logs")
+            .join(&id.sandbox)
+            .join(&id.name)
+            .join(format!("{}.log", id.attempt))
+    }
+}
+
+/// Numbers exec output files apart within one agent process.
+static EXEC_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+impl Drop for LinuxRuntime {
+    fn drop(&mut self) {
+        // Closing the launcher's stdin ends it; its containers live on (they are not its
+        // children's children in any way that ties them to it).
+        if let Some(mut l) = self.launcher.get_mut().ok().and_then(Option::take) {
+            drop(l.stdin);
+            let _ = l.child.wait();
+        }
+        // Handles must not remove cgroups of containers that outlive this runtime: a handle
+        // only removes an empty cgroup, which is what we want for those anyway.
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capabilities_follow_runc_defaults_with_add_and_drop() {
+        let keep = capabilities(&["NET_ADMIN".into()], &["KILL".into(), "cap_chown".into()]);
+        assert!(keep.contains(&"CAP_NET_ADMIN".to_owned()));
+        assert!(!keep.contains(&"CAP_KILL".to_owned()));
+        assert!(!keep.contains(&"CAP_CHOWN".to_owned()));
+        assert!(keep.contains(&"CAP_SETUID".to_owned()));
+        assert!(!keep.contains(&"CAP_SYS_ADMIN".to_owned()));
+        assert_eq!(
+            capabilities(&["NET_RAW".into()], &["ALL".into()]),
+            vec!["CAP_NET_RAW"]
+        );
+    }
+
+    #[test]
+    fn start_ticks_reads_our_own_process() {
+        let me = std::process::id();
+        let ticks = start_ticks(me).unwrap_or(0);
+        assert!(ticks > 0);
+        assert!(alive(me, ticks));
+        assert!(!alive(me, ticks + 1));
+    }
+}

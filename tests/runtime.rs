@@ -1,0 +1,402 @@
+//! The Linux runtime end to end, as root: real sandboxes and containers started by the real
+//! `coxswain` binary as launcher, in real namespaces, cgroups and network, with the busybox
+//! image that `scripts/dev.sh` imports into the node's image store.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use coxswain_node::cgroup::Resources;
+use coxswain_node::image::ImageStore;
+use coxswain_node::net::BridgeConfig;
+use coxswain_node::runtime::linux::{LinuxConfig, LinuxRuntime};
+use coxswain_node::runtime::{
+    BindMount, ContainerId, ContainerSpec, ContainerState, Rootfs, Runtime, Sandbox, SandboxSpec,
+};
+
+const IMAGES: &str = "/var/lib/coxswain/images";
+
+fn require_root(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{test} needs root, and CI runs as root: refusing to skip"
+    );
+    eprintln!("skipped {test}: needs root (run the suite as root to include it)");
+    false
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// One runtime with its own state dir, bridge and pod CIDR, torn down on drop.
+struct Node {
+    rt: LinuxRuntime,
+    busybox: PathBuf,
+    sandboxes: std::sync::Mutex<Vec<String>>,
+    _state: tempfile::TempDir,
+}
+
+impl Node {
+    fn new(network: bool) -> Node {
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let tag = (std::process::id() % 1000) * 16 + n;
+        let state = tempfile::tempdir().unwrap();
+        let network = network.then(|| BridgeConfig {
+            name: format!("cxr{tag}"),
+            cidr: format!("10.123.{}.0/24", tag % 250).parse().unwrap(),
+        });
+        let store = ImageStore::open(Path::new(IMAGES)).unwrap();
+        let busybox = store
+            .get("busybox:latest")
+            .unwrap()
+            .expect("busybox:latest is in the image store (scripts/dev.sh imports it)")
+            .rootfs;
+        let rt = LinuxRuntime::new(LinuxConfig {
+            state_dir: state.path().to_owned(),
+            launcher: PathBuf::from(env!("CARGO_BIN_EXE_coxswain")),
+            network,
+            pids_max: Some(256),
+        })
+        .unwrap();
+        Node {
+            rt,
+            busybox,
+            sandboxes: Default::default(),
+            _state: state,
+        }
+    }
+
+    fn sandbox(&self, name: &str, share_pid: bool) -> Sandbox {
+        let key = format!(
+            "test_{name}_{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        self.sandboxes.lock().unwrap().push(key.clone());
+        self.rt
+            .run_sandbox(&SandboxSpec {
+                key,
+                hostname: name.to_owned(),
+                host_network: false,
+                share_process_namespace: share_pid,
+                resources: Resources::default(),
+            })
+            .unwrap()
+    }
+
+    fn spec(&self, name: &str, script: &str) -> ContainerSpec {
+        ContainerSpec {
+            name: name.to_owned(),
+            attempt: 0,
+            rootfs: Rootfs::Image(self.busybox.clone()),
+            argv: vec!["sh".into(), "-c".into(), script.into()],
+            env: vec![("PATH".into(), "/bin".into())],
+            working_dir: None,
+            user: None,
+            group: None,
+            mounts: vec![],
+            resources: Resources::default(),
+            read_only_root_filesystem: false,
+            add_capabilities: vec![],
+            drop_capabilities: vec![],
+        }
+    }
+
+    fn wait_exit(&self, id: &ContainerId, timeout: Duration) -> ContainerState {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let state = self.rt.container_state(id).unwrap();
+            if matches!(state, ContainerState::Exited { .. }) || Instant::now() > deadline {
+                return state;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn log(&self, id: &ContainerId) -> String {
+        std::fs::read_to_string(self.rt.log_path(id)).unwrap_or_default()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        for key in self.sandboxes.lock().unwrap().iter() {
+            if let Err(e) = self.rt.stop_sandbox(key) {
+                eprintln!("cleanup of sandbox {key}: {e}");
+            }
+        }
+        if let Some(bridge) = self.rt.bridge()
+            && let Err(e) = bridge.teardown()
+        {
+            eprintln!("cleanup of bridge: {e}");
+        }
+    }
+}
+
+fn exit_code(state: &ContainerState) -> Option<i32> {
+    match state {
+        ContainerState::Exited { exit_code, .. } => Some(*exit_code),
+        _ => None,
+    }
+}
+
+#[test]
+fn a_container_has_the_pod_hostname_and_is_pid_1() {
+    if !require_root("a_container_has_the_pod_hostname_and_is_pid_1") {
+        return;
+    }
+    let node = Node::new(false);
+    let sb = node.sandbox("rt-host", false);
+    let id = node
+        .rt
+        .start_container(
+            &sb,
+            &node.spec(
+                "main",
+                "hostname; echo pid=$$; cat /proc/1/cmdline | tr '\\0' ' '",
+            ),
+        )
+        .unwrap();
+    let state = node.wait_exit(&id, Duration::from_secs(10));
+    assert_eq!(exit_code(&state), Some(0), "{state:?}: {}", node.log(&id));
+    let log = node.log(&id);
+    assert!(log.starts_with("rt-host\n"), "{log}");
+    assert!(log.contains("pid=1\n"), "{log}");
+    assert!(log.contains("sh -c hostname"), "{log}");
+}
+
+#[test]
+fn a_container_keeps_only_stdio_no_new_privs_and_fewer_capabilities() {
+    if !require_root("a_container_keeps_only_stdio_no_new_privs_and_fewer_capabilities") {
+        return;
+    }
+    let node = Node::new(false);
+    let sb = node.sandbox("rt-sec", false);
+    // The container's first process is the command itself; another process (an exec) looks
+    // at it, since a shell looking at itself would count its own directory and pipe fds.
+    let mut spec = node.spec("main", "");
+    spec.argv = vec!["sleep".into(), "30".into()];
+    let id = node.rt.start_container(&sb, &spec).unwrap();
+    let out = node
+        .rt
+        .exec(
+            &id,
+            &[
+                "sh".into(),
+                "-c".into(),
+                "echo fds: $(ls /proc/1/fd); \
+                 grep -E '^(NoNewPrivs|CapEff|CapBnd)' /proc/1/status; \
+                 for f in /proc/kcore /proc/keys /proc/timer_list; do \
+                   [ -e $f ] && echo \"masked $f $(wc -c < $f)\"; done; true"
+                    .into(),
+            ],
+            Duration::from_secs(10),
+        )
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.output).into_owned();
+    assert_eq!(out.exit_code, Some(0), "{log}");
+    assert!(log.contains("fds: 0 1 2\n"), "{log}");
+    assert!(log.contains("NoNewPrivs:\t1"), "{log}");
+    let caps = |name: &str| {
+        let hex = log
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap()
+            .trim();
+        u64::from_str_radix(hex, 16).unwrap()
+    };
+    // runc's default set is 14 capabilities: CAP_CHOWN(0) .. CAP_SETFCAP(31).
+    assert_eq!(caps("CapEff:").count_ones(), 14, "{log}");
+    assert_eq!(caps("CapBnd:"), caps("CapEff:"), "{log}");
+    assert_eq!(
+        caps("CapEff:") & (1 << 21),
+        0,
+        "CAP_SYS_ADMIN must be gone: {log}"
+    );
+    // /proc/kcore and its kind are masked by /dev/null: they read as empty.
+    let masked: Vec<&str> = log.lines().filter(|l| l.starts_with("masked ")).collect();
+    assert!(!masked.is_empty(), "{log}");
+    assert!(masked.iter().all(|l| l.ends_with(" 0")), "{log}");
+}
+
+#[test]
+fn a_memory_limit_ends_in_oom_killed() {
+    if !require_root("a_memory_limit_ends_in_oom_killed") {
+        return;
+    }
+    let node = Node::new(false);
+    let sb = node.sandbox("rt-oom", false);
+    let mut spec = node.spec(
+        "hog",
+        "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived",
+    );
+    spec.resources.memory_limit_bytes = Some(32 * 1024 * 1024);
+    let id = node.rt.start_container(&sb, &spec).unwrap();
+    let state = node.wait_exit(&id, Duration::from_secs(30));
+    match state {
+        ContainerState::Exited {
+            oom_killed,
+            exit_code,
+            ..
+        } => {
+            assert!(oom_killed, "exit {exit_code}: {}", node.log(&id));
+            assert!(!node.log(&id).contains("survived"));
+        }
+        other => panic!("not exited: {other:?}"),
+    }
+}
+
+#[test]
+fn exec_runs_in_the_container_and_reports_its_exit_code() {
+    if !require_root("exec_runs_in_the_container_and_reports_its_exit_code") {
+        return;
+    }
+    let node = Node::new(false);
+    let sb = node.sandbox("rt-exec", false);
+    let id = node
+        .rt
+        .start_container(&sb, &node.spec("main", "echo ready > /tmp/ready; sleep 30"))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let out = loop {
+        let out = node
+            .rt
+            .exec(
+                &id,
+                &["cat".into(), "/tmp/ready".into()],
+                Duration::from_secs(5),
+            )
+            .unwrap();
+        if out.exit_code == Some(0) || Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(
+        out.exit_code,
+        Some(0),
+        "{:?}",
+        String::from_utf8_lossy(&out.output)
+    );
+    assert_eq!(out.output, b"ready\n");
+    let failed = node
+        .rt
+        .exec(
+            &id,
+            &["sh".into(), "-c".into(), "exit 3".into()],
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    assert_eq!(failed.exit_code, Some(3));
+    let slow = node
+        .rt
+        .exec(
+            &id,
+            &["sleep".into(), "10".into()],
+            Duration::from_millis(200),
+        )
+        .unwrap();
+    assert_eq!(slow.exit_code, None, "a timed-out exec has no exit code");
+    node.rt.signal(&id, libc_sigterm()).unwrap();
+    let state = node.wait_exit(&id, Duration::from_secs(5));
+    // sh as PID 1 ignores SIGTERM without a handler; the kill through the cgroup ends it.
+    if exit_code(&state).is_none() {
+        node.rt.kill(&id).unwrap();
+        let state = node.wait_exit(&id, Duration::from_secs(5));
+        assert_eq!(exit_code(&state), Some(137), "{state:?}");
+    }
+}
+
+fn libc_sigterm() -> i32 {
+    nix::sys::signal::Signal::SIGTERM as i32
+}
+
+#[test]
+fn an_empty_dir_is_shared_by_two_containers() {
+    if !require_root("an_empty_dir_is_shared_by_two_containers") {
+        return;
+    }
+    let node = Node::new(false);
+    let sb = node.sandbox("rt-vol", false);
+    let vol = tempfile::tempdir().unwrap();
+    let mount = BindMount {
+        source: vol.path().to_owned(),
+        destination: "/shared".into(),
+        read_only: false,
+    };
+    let mut writer = node.spec("writer", "echo hello > /shared/greeting");
+    writer.mounts = vec![mount.clone()];
+    let w = node.rt.start_container(&sb, &writer).unwrap();
+    assert_eq!(
+        exit_code(&node.wait_exit(&w, Duration::from_secs(10))),
+        Some(0)
+    );
+    let mut reader = node.spec("reader", "cat /shared/greeting");
+    reader.mounts = vec![mount];
+    let r = node.rt.start_container(&sb, &reader).unwrap();
+    assert_eq!(
+        exit_code(&node.wait_exit(&r, Duration::from_secs(10))),
+        Some(0)
+    );
+    assert_eq!(node.log(&r), "hello\n");
+}
+
+#[test]
+fn an_escaping_working_dir_is_refused() {
+    if !require_root("an_escaping_working_dir_is_refused") {
+        return;
+    }
+    let node = Node::new(false);
+    let sb = node.sandbox("rt-wd", false);
+    let mut spec = node.spec("main", "pwd");
+    spec.working_dir = Some("/../../../etc".into());
+    let err = node.rt.start_container(&sb, &spec).unwrap_err().to_string();
+    assert!(err.contains("workingDir") && err.contains(".."), "{err}");
+}
+
+#[test]
+fn httpd_in_a_pod_answers_from_the_host_and_pods_get_distinct_ips() {
+    if !require_root("httpd_in_a_pod_answers_from_the_host_and_pods_get_distinct_ips") {
+        return;
+    }
+    let node = Node::new(true);
+    let a = node.sandbox("rt-web-a", false);
+    let b = node.sandbox("rt-web-b", false);
+    let (ip_a, ip_b) = (a.pod_ip.unwrap(), b.pod_ip.unwrap());
+    assert_ne!(ip_a, ip_b);
+    for sb in [&a, &b] {
+        let spec = node.spec(
+            "web",
+            "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www",
+        );
+        node.rt.start_container(sb, &spec).unwrap();
+    }
+    for (ip, host) in [(ip_a, "rt-web-a"), (ip_b, "rt-web-b")] {
+        let body = http_get(ip, 8080, Duration::from_secs(10));
+        assert!(body.ends_with(&format!("{host}\n")), "{ip}: {body}");
+    }
+}
+
+fn http_get(ip: Ipv4Addr, port: u16, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let attempt = (|| -> std::io::Result<String> {
+            let mut s = TcpStream::connect_timeout(&(ip, port).into(), Duration::from_secs(1))?;
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            write!(s, "GET / HTTP/1.0\r\nHost: {ip}\r\n\r\n")?;
+            let mut body = String::new();
+            s.read_to_string(&mut body)?;
+            Ok(body)
+        })();
+        match attempt {
+            Ok(body) if !body.is_empty() => return body,
+            _ if Instant::now() > deadline => panic!("no answer from {ip}:{port}: {attempt:?}"),
+            _ => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
