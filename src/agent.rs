@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use coxswain_node::agent::node::{NodeConfig, run_heartbeat};
+use coxswain_node::agent::node::{NodeConfig, host_node, run_heartbeat};
 use coxswain_node::agent::pods::{self, PodsConfig};
 use coxswain_node::agent::resolve::{NodeResolver, ObjectCache};
 use coxswain_node::image::ImageStore;
@@ -98,7 +98,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     );
     let host_ip = host_ip().map(|ip| ip.to_string());
     let objects = Arc::new(ObjectCache::default());
-    let resolver = Arc::new(NodeResolver::new(
+    let mut resolver = NodeResolver::new(
         ImageStore::open(&args.images).context("opening the image store")?,
         objects,
         HostPathPolicy {
@@ -107,7 +107,13 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         args.state_dir.join("volumes"),
         name.clone(),
         host_ip.clone(),
-    ));
+    );
+    resolver.node_allocatable = host_node(&node_cfg)
+        .context("reading the host's capacity")?
+        .status
+        .and_then(|s| s.allocatable)
+        .unwrap_or_default();
+    let resolver = Arc::new(resolver);
     let mut worker = WorkerConfig::new(&name);
     worker.host_ip = host_ip;
     worker.backoff_base = Duration::from_secs_f64(args.backoff_base);

@@ -345,8 +345,7 @@ impl Node {
             // `stop_sandbox` is idempotent, so a failed attempt is tried once more; the failure
             // is recorded for the report rather than hidden.
             let stopped = self.rt.stop_sandbox(key).or_else(|first| {
-                self.stop_failures()
-                    .push(format!("{key}: {:#}", anyhow::Error::from(first)));
+                self.stop_failures().push(format!("{key}: {first}"));
                 std::thread::sleep(STOP_RETRY_PAUSE);
                 self.rt.stop_sandbox(key)
             });

@@ -15,9 +15,9 @@
 //! Attaching a pod is one thread, two sockets (one opened before the `setns`, one after) and
 //! a handful of round trips: the veth pair is created in one request with its host end already
 //! enslaved to the bridge and up and its peer created directly inside the pod's namespace as
-//! `eth0` (no temporary name on the host that could collide), then the pod side gets `lo` up,
-//! its address and its default route. Nothing spawns a process per pod; `nft` runs only when
-//! the bridge is set up or torn down.
+//! `eth0` (no temporary name on the host that could collide), then the host end is put in
+//! hairpin mode while the pod side gets `lo` and `eth0` up, its address and its default route.
+//! Nothing spawns a process per pod; `nft` runs only when the bridge is set up or torn down.
 //!
 //! Everything here is idempotent where Kubernetes expects it: [`Bridge::ensure`] on an agent
 //! restart finds the bridge and keeps it (running pods keep their connectivity), the nftables

@@ -177,7 +177,8 @@ fn pod_pings(pod: &PodNetns, ip: Ipv4Addr) -> Output {
     pod.run(&["busybox", "ping", "-c", "1", "-W", "1", &ip.to_string()])
 }
 
-fn stderr(out: &Output) -> String {
+/// What a command printed, both streams, for failure messages.
+fn printed(out: &Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -242,13 +243,13 @@ fn attach_gives_the_pod_eth0_its_address_a_default_route_and_host_reachability()
     assert!(details.contains("hairpin on"), "no hairpin: {details}");
 
     let out = host_pings(ip);
-    assert!(ping_ok(&out), "host cannot ping the pod: {}", stderr(&out));
+    assert!(ping_ok(&out), "host cannot ping the pod: {}", printed(&out));
     // And the pod reaches its gateway (the bridge's address) the other way round.
     let out = pod_pings(&pod, gateway);
     assert!(
         ping_ok(&out),
         "pod cannot ping its gateway: {}",
-        stderr(&out)
+        printed(&out)
     );
 
     bridge.detach(&host_if).unwrap();
@@ -272,9 +273,9 @@ fn two_pods_on_one_bridge_reach_each_other() {
     bridge.attach(&pod_b.path(), ip_b, &if_b).unwrap();
 
     let out = pod_pings(&pod_a, ip_b);
-    assert!(ping_ok(&out), "a cannot ping b: {}", stderr(&out));
+    assert!(ping_ok(&out), "a cannot ping b: {}", printed(&out));
     let out = pod_pings(&pod_b, ip_a);
-    assert!(ping_ok(&out), "b cannot ping a: {}", stderr(&out));
+    assert!(ping_ok(&out), "b cannot ping a: {}", printed(&out));
 
     // Detaching one pod leaves the other reachable (the bridge's address did not move).
     bridge.detach(&if_a).unwrap();
@@ -282,7 +283,7 @@ fn two_pods_on_one_bridge_reach_each_other() {
     assert!(
         ping_ok(&out),
         "b unreachable after a left: {}",
-        stderr(&out)
+        printed(&out)
     );
     let out = pod_pings(&pod_b, ip_a);
     assert!(!ping_ok(&out), "a still answers after its detach");
@@ -339,7 +340,7 @@ fn ensure_twice_keeps_one_bridge_one_address_one_masquerade_and_running_pods() {
 
     // The pod attached before the re-ensures still answers.
     let out = host_pings(ip);
-    assert!(ping_ok(&out), "pod lost after re-ensure: {}", stderr(&out));
+    assert!(ping_ok(&out), "pod lost after re-ensure: {}", printed(&out));
     third.detach(&host_if).unwrap();
 }
 
@@ -393,12 +394,12 @@ fn masquerade_lets_pods_reach_a_network_that_has_no_route_back_to_them() {
     assert!(
         ping_ok(&out),
         "the pod cannot reach the outside namespace: {}",
-        stderr(&out)
+        printed(&out)
     );
 
     // Without the table the same ping must fail: the NAT, not some route, made it work.
     let out = run("nft", &["delete", "table", "ip", bridge.nft_table()]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out.status.success(), "{}", printed(&out));
     // A new ping process uses a new ICMP id, so a new conntrack flow that no rule NATs.
     let out = pod_pings(&pod, far);
     assert!(
@@ -438,7 +439,7 @@ fn detach_removes_the_host_veth_and_the_pod_eth0_and_twice_is_fine() {
     assert!(
         ping_ok(&out),
         "re-attached pod unreachable: {}",
-        stderr(&out)
+        printed(&out)
     );
     bridge.detach(&host_if).unwrap();
 }
@@ -667,7 +668,7 @@ fn many_pods_attach_in_parallel() {
         assert!(
             ping_ok(&out),
             "pod {i} ({ip}) unreachable: {}",
-            stderr(&out)
+            printed(&out)
         );
     }
     for i in 0..pods.len() {

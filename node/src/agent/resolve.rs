@@ -113,6 +113,9 @@ pub struct NodeResolver {
     pub volumes_dir: PathBuf,
     pub node_name: String,
     pub host_ip: Option<String>,
+    /// The node's allocatable resources: what `resourceFieldRef: limits.*` reports for a
+    /// container without that limit, as the kubelet does.
+    pub node_allocatable: BTreeMap<String, coxswain_schema::quantity::Quantity>,
     /// The volumes prepared per pod (by sandbox key), so a pod's volumes are set up once and
     /// shared by its containers.
     prepared: Mutex<HashMap<String, Vec<Prepared>>>,
@@ -134,6 +137,7 @@ impl NodeResolver {
             volumes_dir,
             node_name,
             host_ip,
+            node_allocatable: BTreeMap::new(),
             prepared: Mutex::new(HashMap::new()),
         }
     }
@@ -203,7 +207,7 @@ impl NodeResolver {
             host_ip: self.host_ip.clone(),
             node_name: self.node_name.clone(),
             service_account: None,
-            node_allocatable: BTreeMap::new(),
+            node_allocatable: self.node_allocatable.clone(),
         };
         let env = env::container_env(pod, container, &config.env, &facts, self.objects.as_ref())?;
         let argv = env::argv(pod, container, &config, &env)?;
