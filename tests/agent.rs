@@ -75,6 +75,43 @@ impl Drop for Proc {
     }
 }
 
+/// Kills what the test's pods left behind and removes its bridge, also when the test panics:
+/// pod processes outlive their agent by design, so a failed run would otherwise leave a
+/// sandbox (and its veth, whose name is derived from the pod) to break the next run.
+struct Leftovers {
+    state: std::path::PathBuf,
+    bridge: String,
+}
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        let pid_of = |path: &Path, pointer: &str| -> Option<i32> {
+            let v: Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+            i32::try_from(v.pointer(pointer)?.as_u64()?).ok()
+        };
+        for sandbox in std::fs::read_dir(self.state.join("sandboxes"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let mut pids: Vec<i32> = std::fs::read_dir(sandbox.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|c| pid_of(&c.path().join("container.json"), "/pid"))
+                .collect();
+            pids.extend(pid_of(&sandbox.path().join("sandbox.json"), "/sandbox/pid"));
+            for pid in pids {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        let _ = coxswain_node::net::teardown(&self.bridge);
+    }
+}
+
 fn agent(addr: &str, name: &str, state: &Path, bridge: &str, cidr: &str) -> Proc {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_coxswain"));
     cmd.args(["agent", "--server", addr, "--token", TOKEN, "--name", name])
@@ -168,6 +205,10 @@ fn a_bound_pod_runs_survives_an_agent_restart_and_goes_with_its_deletion() {
         format!("cxa{tag}"),
         format!("10.125.{}.0/24", tag % 250),
     );
+    let _leftovers = Leftovers {
+        state: state.path().to_path_buf(),
+        bridge: bridge.clone(),
+    };
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_coxswain"));
     cmd.args([
         "server",
@@ -241,6 +282,7 @@ fn a_bound_pod_runs_survives_an_agent_restart_and_goes_with_its_deletion() {
         std::thread::sleep(Duration::from_millis(50));
     }
     second.stop();
-    // The bridge stays for the next agent, as a CNI bridge does; the test removes its own.
+    // The bridge stays for the next agent, as a CNI bridge does; the test removes its own
+    // (here, so a failure to do so shows; `_leftovers` only tries).
     coxswain_node::net::teardown(&bridge).unwrap();
 }

@@ -29,6 +29,7 @@ pub mod error;
 mod fsutil;
 pub mod image;
 pub mod ipam;
+pub mod logs;
 pub mod net;
 pub mod pod;
 pub mod runtime;

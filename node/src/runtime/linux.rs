@@ -587,12 +587,28 @@ impl Runtime for LinuxRuntime {
     fn remove_container(&self, id: &ContainerId) -> Result<()> {
         self.cgroup_remove(&container_cgroup(id))?;
         let dir = self.container_dir(id);
+        // The shim is outside the container's cgroup: an empty cgroup does not yet mean it
+        // has written the exit record, and a write racing the removal below would leave the
+        // directory half-deleted. Give it the moment it needs.
+        if dir.join("container.json").exists() {
+            let deadline = Instant::now() + Duration::from_secs(1);
+            while !dir.join("exit.json").exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
         // The container's mounts lived in its own mount namespace and went with its last
         // process; only plain files are left.
-        match fs::remove_dir_all(&dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::io("remove container dir", &dir)(e)),
+        let mut tries = 0;
+        loop {
+            match fs::remove_dir_all(&dir) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty && tries < 5 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => return Err(Error::io("remove container dir", &dir)(e)),
+            }
         }
     }
 
