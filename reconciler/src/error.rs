@@ -40,6 +40,27 @@ pub enum Error {
     /// attempts in a row; the next trigger tries again.
     #[error("sync of {commit} conflicted with other writes {attempts} times in a row")]
     Conflict { commit: String, attempts: usize },
+    /// A controller's compare-and-swap lost to another write of one of these keys (or one
+    /// was created meanwhile); the key being reconciled is requeued with backoff and the
+    /// next attempt reads the newer state.
+    #[error(
+        "{controller}: the store changed under the write of {keys} (compare-and-swap conflict)"
+    )]
+    WriteConflict { controller: String, keys: String },
+    /// The controllers' cache did not see a write this member just made within `waited_ms`:
+    /// its watch is broken or far behind, so reading it would act on stale state.
+    #[error(
+        "the controllers' cache did not observe revision {revision} within {waited_ms} ms (it is at {seen})"
+    )]
+    CacheLag {
+        revision: u64,
+        seen: u64,
+        waited_ms: u64,
+    },
+    /// An object could not be turned into the JSON the store keeps. The schema types are
+    /// plain structs and string-keyed maps, so this means a bug, reported instead of a panic.
+    #[error("encoding {what}: {reason}")]
+    Encode { what: String, reason: String },
     #[error(transparent)]
     Store(#[from] coxswain_store::Error),
     #[error(transparent)]
