@@ -199,8 +199,8 @@ fn a_pushed_commit_is_applied_reported_and_noted() {
         note.starts_with("coxswain: failed") && note.contains("cm1.yaml:7"),
         "{note}"
     );
-    let note = wait_note(&r.join(".git"), &second, "applied");
-    assert!(note.starts_with("coxswain: applied"), "{note}");
+    let note = wait_note(&r.join(".git"), &second, "healthy");
+    assert!(note.starts_with("coxswain: healthy"), "{note}");
     drop(server);
 }
 
@@ -274,10 +274,10 @@ fn a_config_file_syncs_a_remote_and_pushes_its_notes_there() {
     let applied = server.wait_line("coxswain server: applied ", Duration::from_secs(10));
     assert!(applied.contains(&second), "{applied}");
     assert!(applied.contains("1 created"), "{applied}");
-    let note = wait_note(&origin, &second, "applied");
-    assert!(note.starts_with("coxswain: applied"), "{note}");
-    let note = wait_note(&origin, &first, "applied");
-    assert!(note.starts_with("coxswain: applied"), "{note}");
+    let note = wait_note(&origin, &second, "healthy");
+    assert!(note.starts_with("coxswain: healthy"), "{note}");
+    let note = wait_note(&origin, &first, "healthy");
+    assert!(note.starts_with("coxswain: healthy"), "{note}");
     // The remote was fetched into a cache under the data folder, not cloned into a work tree.
     assert!(data.join("git").is_dir());
     drop(server);

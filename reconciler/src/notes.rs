@@ -296,7 +296,9 @@ pub struct Drift {
     pub detail: String,
 }
 
-/// The kind of a [`Drift`], stable for machines.
+/// The kind of a [`Drift`], stable for machines. New kinds are only ever added, so every
+/// older note stays readable; a kind this version does not know (a note from a newer
+/// coxswain) reads as `Other` rather than making the whole note unreadable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum DriftKind {
@@ -304,6 +306,9 @@ pub enum DriftKind {
     NotReady,
     Failed,
     NodeLost,
+    /// A rollout stopped making progress (a Deployment's `ProgressDeadlineExceeded`).
+    Stalled,
+    #[serde(other)]
     Other,
 }
 
@@ -314,6 +319,7 @@ impl DriftKind {
             DriftKind::NotReady => "not-ready",
             DriftKind::Failed => "failed",
             DriftKind::NodeLost => "node-lost",
+            DriftKind::Stalled => "stalled",
             DriftKind::Other => "other",
         }
     }
@@ -1136,6 +1142,26 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&DriftKind::NodeLost).unwrap(),
             "\"node-lost\""
+        );
+    }
+
+    #[test]
+    fn drift_kinds_round_trip_and_unknown_ones_read_as_other() {
+        for kind in [
+            DriftKind::Missing,
+            DriftKind::NotReady,
+            DriftKind::Failed,
+            DriftKind::NodeLost,
+            DriftKind::Stalled,
+            DriftKind::Other,
+        ] {
+            let text = serde_json::to_string(&kind).unwrap();
+            assert_eq!(text, format!("\"{}\"", kind.as_str()));
+            assert_eq!(serde_json::from_str::<DriftKind>(&text).unwrap(), kind);
+        }
+        assert_eq!(
+            serde_json::from_str::<DriftKind>("\"from-the-future\"").unwrap(),
+            DriftKind::Other
         );
     }
 

@@ -12,6 +12,11 @@
 //! Why a Git-owned inventory from the store rather than a list kept in the record: the
 //! objects themselves carry the ownership label, so the inventory cannot disagree with what
 //! is stored, and it survives restarts and leader changes for free.
+//!
+//! After the apply, [`Syncer::refresh_health`] follows the applied commit's objects in the
+//! store ([`crate::health`]) and moves its note on (`applied → progressing → healthy |
+//! degraded`), and keeps the rolled-up state in the sync record (and in the attempt record
+//! while it is about the same commit), where `coxswain status` shows it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -26,6 +31,7 @@ use serde_json::Value;
 use tracing::Instrument;
 
 use crate::error::{Error, Result};
+use crate::health::{self, Snapshot};
 use crate::notes::{
     self, CommitState, CommitStatus, NoteWriter, ObjectState, ObjectStatus, PruneGuard, PushTarget,
     SyncSummary, ValidationError, now_rfc3339,
@@ -58,6 +64,10 @@ pub struct SyncRecord {
     pub commit: String,
     pub applied_at: String,
     pub summary: SyncSummary,
+    /// The commit's rolled-up health (`applied`, `progressing`, `healthy` or `degraded`), as
+    /// its note says. Absent in records written before health was followed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<CommitState>,
 }
 
 /// The last attempted commit, stored at [`attempt_key`].
@@ -108,6 +118,16 @@ pub enum Outcome {
     Held { commit: String, reason: String },
 }
 
+/// What one call of [`Syncer::refresh_health`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthReport {
+    /// The commit last applied, whose health this is.
+    pub commit: String,
+    pub state: CommitState,
+    /// Whether the status changed since the last evaluation (and a note was submitted).
+    pub changed: bool,
+}
+
 /// Settings of one sync loop.
 #[derive(Debug, Clone)]
 pub struct SyncConfig {
@@ -154,6 +174,12 @@ pub struct Syncer {
     applied_blobs_valid: bool,
     /// The desired objects of each file of the last valid commit, with the file's blob id.
     desired_cache: HashMap<String, (String, Vec<Arc<Desired>>)>,
+    /// The status of the commit last applied as its note was last told it: what
+    /// `refresh_health` evaluates again and compares with.
+    health: Option<CommitStatus>,
+    /// The commit and state of the stored sync record, as last read or written: where a
+    /// re-apply after a restart or a leader change takes the commit's reached state from.
+    stored_state: Option<(String, CommitState)>,
 }
 
 impl Syncer {
@@ -187,6 +213,8 @@ impl Syncer {
             applied_blobs: HashMap::new(),
             applied_blobs_valid: false,
             desired_cache: HashMap::new(),
+            health: None,
+            stored_state: None,
         })
     }
 
@@ -316,7 +344,8 @@ impl Syncer {
                     "the store drifted from the applied commit; correcting"
                 );
             }
-            match self.apply(&commit, head.as_ref(), &plan).await? {
+            let reached = self.reached_state(&commit);
+            match self.apply(&commit, head.as_ref(), &plan, reached).await? {
                 Some((revision, sync)) => {
                     tracing::info!(
                         revision,
@@ -330,7 +359,13 @@ impl Syncer {
                     let mut status = CommitStatus::new(commit.clone(), CommitState::Applied);
                     status.sync = sync.clone();
                     status.objects = desired.iter().map(|d| object_status(d)).collect();
-                    self.submit_note(status);
+                    // The writer drops this `applied` when the note is already further on
+                    // (a drift correction, a restart); what is tracked keeps that state, so
+                    // the next health refresh cannot move the note backwards either.
+                    self.submit_note(status.clone());
+                    status.state = reached;
+                    self.health = Some(status);
+                    self.stored_state = Some((commit.clone(), reached));
                     self.last_attempt = Some(commit.clone());
                     self.last_applied = Some(commit.clone());
                     self.applied_blobs = blobs;
@@ -446,6 +481,118 @@ impl Syncer {
         Ok(())
     }
 
+    /// The state `commit` already reached when it is the commit last applied (by this
+    /// syncer, or by whoever wrote the stored record), else `applied`: applying it again (a
+    /// drift correction, a restart) does not take its health back.
+    fn reached_state(&self, commit: &str) -> CommitState {
+        let reached = match (&self.health, &self.stored_state) {
+            (Some(h), _) if h.commit == commit => h.state,
+            (_, Some((c, state))) if c == commit => *state,
+            _ => CommitState::Applied,
+        };
+        match reached {
+            CommitState::Progressing | CommitState::Healthy | CommitState::Degraded => reached,
+            _ => CommitState::Applied,
+        }
+    }
+
+    /// Evaluates the health of the commit last applied against the store, submits its note
+    /// when the status changed (the note never moves backwards: a settled commit that
+    /// regresses becomes `degraded`), and keeps the rolled-up state in the sync record.
+    /// `None` when this syncer has applied nothing yet. Call it after each apply and when
+    /// workloads change in the store; it reads only the prefixes the commit's objects live
+    /// under.
+    pub async fn refresh_health(&mut self) -> Result<Option<HealthReport>> {
+        let Some(current) = self.health.clone() else {
+            return Ok(None);
+        };
+        let span =
+            tracing::info_span!("health", source = %self.config.name, commit = %current.commit);
+        async move {
+            let snapshot = Snapshot::load(&self.member, &current.objects).await?;
+            let next = health::evaluate(&current, &snapshot);
+            let changed = !next.same_content(&current);
+            let commit = next.commit.clone();
+            let state = next.state;
+            if changed {
+                tracing::info!(state = %state, was = %current.state, "commit health changed");
+                self.submit_note(next.clone());
+                self.health = Some(next);
+            }
+            self.record_state(&commit, state).await?;
+            Ok(Some(HealthReport {
+                commit,
+                state,
+                changed,
+            }))
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Writes `state` into the sync record of `commit` (and into the attempt record when
+    /// that is about the same commit, so `coxswain status` shows it), unless the record
+    /// already says it. The write compares both records' revisions: when the record moved
+    /// since this syncer read it (another leader's sync), it is not ours to change.
+    async fn record_state(&mut self, commit: &str, state: CommitState) -> Result<()> {
+        if self
+            .stored_state
+            .as_ref()
+            .is_some_and(|(c, s)| c == commit && *s == state)
+        {
+            return Ok(());
+        }
+        let name = self.config.name.clone();
+        let (_, record) = self
+            .member
+            .get(&record_key(&name), Consistency::Linearizable)
+            .await?;
+        let Some(record) = record.filter(|kv| kv.mod_revision == self.record_revision) else {
+            tracing::debug!("the sync record moved; leaving its state to the next sync");
+            return Ok(());
+        };
+        let Ok(mut value) = serde_json::from_value::<SyncRecord>(record.value) else {
+            return Ok(());
+        };
+        if value.commit != commit {
+            return Ok(());
+        }
+        value.state = Some(state);
+        let mut txn = Txn::default();
+        txn.compares
+            .push(at_revision(&record_key(&name), record.mod_revision));
+        txn.success.push(Op::Put {
+            key: record_key(&name),
+            value: to_value(&value)?,
+        });
+        let (_, attempt) = self
+            .member
+            .get(&attempt_key(&name), Consistency::Linearizable)
+            .await?;
+        if let Some(kv) = attempt
+            && let Ok(mut a) = serde_json::from_value::<SyncAttempt>(kv.value)
+            && a.commit == commit
+        {
+            a.state = state;
+            txn.compares
+                .push(at_revision(&attempt_key(&name), kv.mod_revision));
+            txn.success.push(Op::Put {
+                key: attempt_key(&name),
+                value: to_value(&a)?,
+            });
+        }
+        let result = self.member.txn(txn).await?;
+        if result.succeeded {
+            // This write moved the record: remembering its revision keeps the inventory
+            // from being reloaded for nothing on the next sync.
+            self.record_revision = result.revision;
+            self.stored_state = Some((commit.to_string(), state));
+        } else {
+            tracing::debug!("the sync records moved while the health was written");
+        }
+        Ok(())
+    }
+
     fn submit_note(&self, status: CommitStatus) {
         if let Some(n) = &self.notes {
             n.submit(status);
@@ -469,21 +616,24 @@ impl Syncer {
         self.applied_blobs_valid = false;
         self.record_revision = revision;
         self.inventory_loaded = true;
+        let stored = record.and_then(|kv| serde_json::from_value::<SyncRecord>(kv.value).ok());
         if self.last_attempt.is_none()
-            && let Some(kv) = record
-            && let Ok(r) = serde_json::from_value::<SyncRecord>(kv.value)
+            && let Some(r) = &stored
         {
             tracing::info!(commit = %r.commit, "resuming from the stored sync record");
         }
+        self.stored_state = stored.map(|r| (r.commit, r.state.unwrap_or(CommitState::Applied)));
         Ok(())
     }
 
-    /// One txn for the whole plan. `None` when a compare failed (the store moved).
+    /// One txn for the whole plan. `None` when a compare failed (the store moved). `reached`
+    /// is the state the records give the commit (see `reached_state`).
     async fn apply(
         &mut self,
         commit: &str,
         head: Option<&Head>,
         plan: &Plan,
+        reached: CommitState,
     ) -> Result<Option<(Revision, SyncSummary)>> {
         let name = &self.config.name;
         let now = now_rfc3339();
@@ -526,12 +676,13 @@ impl Syncer {
             commit: commit.to_string(),
             applied_at: now.clone(),
             summary: sync.clone(),
+            state: Some(reached),
         };
         txn.success.push(Op::Put {
             key: record_key(name),
             value: to_value(&record)?,
         });
-        let mut status = CommitStatus::new(commit, CommitState::Applied);
+        let mut status = CommitStatus::new(commit, reached);
         status.sync = sync.clone();
         txn.success.push(Op::Put {
             key: attempt_key(name),
