@@ -14,12 +14,13 @@ use coxswain_node::agent::node::{NodeConfig, host_node, run_heartbeat};
 use coxswain_node::agent::pods::{self, PodsConfig};
 use coxswain_node::agent::resolve::{NodeResolver, ObjectCache};
 use coxswain_node::image::ImageStore;
+use coxswain_node::logs;
 use coxswain_node::net::BridgeConfig;
 use coxswain_node::pod::{NetProber, WorkerConfig};
 use coxswain_node::runtime::Runtime;
 use coxswain_node::runtime::linux::{LinuxConfig, LinuxRuntime};
 use coxswain_node::volume::HostPathPolicy;
-use coxswain_store::Client;
+use coxswain_store::{Client, Kv};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -29,6 +30,13 @@ pub struct Args {
     /// The cluster's shared token (or set COXSWAIN_TOKEN).
     #[arg(long, env = "COXSWAIN_TOKEN", hide_env_values = true)]
     token: String,
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+/// The node's own settings, shared by `coxswain agent` and `coxswain up`.
+#[derive(Debug, clap::Args)]
+pub struct NodeArgs {
     /// The Node's name [default: the host name].
     #[arg(long)]
     name: Option<String>,
@@ -56,110 +64,242 @@ pub struct Args {
     /// The most pids one container may have.
     #[arg(long, default_value_t = 4096)]
     pids_max: u64,
+    /// A container log is rotated once it holds this many bytes (the kubelet's
+    /// containerLogMaxSize, 10Mi).
+    #[arg(long, default_value_t = logs::DEFAULT_MAX_BYTES)]
+    log_max_bytes: u64,
+    /// How many files one container's log may span, the live one included (the kubelet's
+    /// containerLogMaxFiles); at least 2.
+    #[arg(long, default_value_t = logs::DEFAULT_MAX_FILES)]
+    log_max_files: usize,
 }
 
+/// How often the agent looks for logs to rotate; the kubelet checks every 10 s as well.
+const LOG_ROTATE_EVERY: Duration = Duration::from_secs(10);
+
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
-    let name = match &args.name {
-        Some(n) => n.clone(),
-        None => nix::unistd::gethostname()
-            .context("reading the host name")?
-            .to_string_lossy()
-            .to_lowercase(),
-    };
-    let cidr: ipnet::Ipv4Net = args
-        .pod_cidr
-        .parse()
-        .with_context(|| format!("--pod-cidr {:?} is not an IPv4 CIDR", args.pod_cidr))?;
-    let mut node_cfg = NodeConfig::new(&name);
-    node_cfg.pod_cidr = Some(cidr.to_string());
-    for label in &args.labels {
-        let (k, v) = label
-            .split_once('=')
-            .with_context(|| format!("--label {label:?} is not KEY=VALUE"))?;
-        node_cfg.labels.insert(k.to_owned(), v.to_owned());
-    }
-    node_cfg.validate().context("the node's settings")?;
-    if !(args.backoff_base.is_finite() && args.backoff_base > 0.0) {
-        anyhow::bail!("--backoff-base must be a positive number of seconds");
-    }
-
-    let launcher = std::env::current_exe().context("finding the coxswain binary")?;
-    let runtime = Arc::new(
-        LinuxRuntime::new(LinuxConfig {
-            state_dir: args.state_dir.clone(),
-            launcher,
-            network: Some(BridgeConfig {
-                name: args.bridge.clone(),
-                cidr,
-            }),
-            pids_max: Some(args.pids_max),
-        })
-        .context("setting up the container runtime")?,
-    );
-    let host_ip = host_ip().map(|ip| ip.to_string());
-    let objects = Arc::new(ObjectCache::default());
-    let mut resolver = NodeResolver::new(
-        ImageStore::open(&args.images).context("opening the image store")?,
-        objects,
-        HostPathPolicy {
-            allowed_prefixes: args.host_path_prefixes.clone(),
-        },
-        args.state_dir.join("volumes"),
-        name.clone(),
-        host_ip.clone(),
-    );
-    resolver.node_allocatable = host_node(&node_cfg)
-        .context("reading the host's capacity")?
-        .status
-        .and_then(|s| s.allocatable)
-        .unwrap_or_default();
-    let resolver = Arc::new(resolver);
-    let mut worker = WorkerConfig::new(&name);
-    worker.host_ip = host_ip;
-    worker.backoff_base = Duration::from_secs_f64(args.backoff_base);
-    let cfg = PodsConfig {
-        worker,
-        relist: Duration::from_secs(1),
-    };
+    let agent = Agent::build(&args.node)?;
     let client = Arc::new(Client::new(args.server.clone(), &args.token));
-
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     rt.block_on(async move {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let heartbeat = {
-            let (client, node_cfg, stop_rx) = (client.clone(), node_cfg.clone(), stop_rx.clone());
-            tokio::spawn(async move { run_heartbeat(client.as_ref(), &node_cfg, stop_rx).await })
-        };
-        let runtime_dyn: Arc<dyn Runtime> = runtime.clone();
-        let loop_task = tokio::spawn(pods::run(
-            client.clone(),
-            runtime_dyn,
-            resolver,
-            Arc::new(NetProber),
-            cfg,
-            stop_rx,
-        ));
         println!(
-            "coxswain agent: node {name} running pods from {}",
+            "coxswain agent: node {} running pods from {}",
+            agent.name,
             args.server.join(",")
         );
+        let running = tokio::spawn(agent.run(client, stop_rx));
         tokio::select! {
             () = crate::server::shutdown_signal() => {}
-            r = loop_task => {
-                let _ = stop_tx.send(true);
-                r.context("the pod loop panicked")?.context("the pod loop")?;
-                return Ok(());
+            r = running => {
+                return r.context("the agent panicked")?;
             }
         }
         let _ = stop_tx.send(true);
-        let _ = heartbeat.await;
         println!("coxswain agent: stopped; workloads keep running");
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A node agent, set up and ready to run against a store: `coxswain agent` runs one over
+/// the network client, `coxswain up` one over its own in-process member.
+pub struct Agent {
+    pub name: String,
+    node_cfg: NodeConfig,
+    runtime: Arc<LinuxRuntime>,
+    resolver: Arc<NodeResolver>,
+    pods: PodsConfig,
+    logs_dir: PathBuf,
+    log_max_bytes: u64,
+    log_max_files: usize,
+    bridge: String,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Agent {
+    /// Checks the settings and sets up the runtime (its state dir, the launcher, the bridge).
+    pub fn build(args: &NodeArgs) -> anyhow::Result<Agent> {
+        let name = match &args.name {
+            Some(n) => n.clone(),
+            None => nix::unistd::gethostname()
+                .context("reading the host name")?
+                .to_string_lossy()
+                .to_lowercase(),
+        };
+        let cidr: ipnet::Ipv4Net = args
+            .pod_cidr
+            .parse()
+            .with_context(|| format!("--pod-cidr {:?} is not an IPv4 CIDR", args.pod_cidr))?;
+        let mut node_cfg = NodeConfig::new(&name);
+        node_cfg.pod_cidr = Some(cidr.to_string());
+        for label in &args.labels {
+            let (k, v) = label
+                .split_once('=')
+                .with_context(|| format!("--label {label:?} is not KEY=VALUE"))?;
+            node_cfg.labels.insert(k.to_owned(), v.to_owned());
+        }
+        node_cfg.validate().context("the node's settings")?;
+        if !(args.backoff_base.is_finite() && args.backoff_base > 0.0) {
+            anyhow::bail!("--backoff-base must be a positive number of seconds");
+        }
+        if args.log_max_bytes == 0 || args.log_max_files < 2 {
+            anyhow::bail!("--log-max-bytes must be above 0 and --log-max-files at least 2");
+        }
+
+        let launcher = std::env::current_exe().context("finding the coxswain binary")?;
+        let runtime = Arc::new(
+            LinuxRuntime::new(LinuxConfig {
+                state_dir: args.state_dir.clone(),
+                launcher,
+                network: Some(BridgeConfig {
+                    name: args.bridge.clone(),
+                    cidr,
+                }),
+                pids_max: Some(args.pids_max),
+            })
+            .context("setting up the container runtime")?,
+        );
+        let host_ip = host_ip().map(|ip| ip.to_string());
+        let objects = Arc::new(ObjectCache::default());
+        let mut resolver = NodeResolver::new(
+            ImageStore::open(&args.images).context("opening the image store")?,
+            objects,
+            HostPathPolicy {
+                allowed_prefixes: args.host_path_prefixes.clone(),
+            },
+            args.state_dir.join("volumes"),
+            name.clone(),
+            host_ip.clone(),
+        );
+        resolver.node_allocatable = host_node(&node_cfg)
+            .context("reading the host's capacity")?
+            .status
+            .and_then(|s| s.allocatable)
+            .unwrap_or_default();
+        let mut worker = WorkerConfig::new(&name);
+        worker.host_ip = host_ip;
+        worker.backoff_base = Duration::from_secs_f64(args.backoff_base);
+        Ok(Agent {
+            name,
+            node_cfg,
+            runtime,
+            resolver: Arc::new(resolver),
+            pods: PodsConfig {
+                worker,
+                relist: Duration::from_secs(1),
+            },
+            logs_dir: args.state_dir.join("logs"),
+            log_max_bytes: args.log_max_bytes,
+            log_max_files: args.log_max_files,
+            bridge: args.bridge.clone(),
+        })
+    }
+
+    /// Registers the Node, heartbeats it, rotates logs and runs the pods bound to it until
+    /// `stop` turns true. The workloads keep running after it returns.
+    pub async fn run<K: Kv + 'static>(
+        self,
+        kv: Arc<K>,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
+        let heartbeat = {
+            let (kv, node_cfg, stop) = (kv.clone(), self.node_cfg.clone(), stop.clone());
+            tokio::spawn(async move { run_heartbeat(kv.as_ref(), &node_cfg, stop).await })
+        };
+        let rotation = tokio::spawn(rotate_logs(
+            self.logs_dir.clone(),
+            self.log_max_bytes,
+            self.log_max_files,
+            stop.clone(),
+        ));
+        let runtime: Arc<dyn Runtime> = self.runtime.clone();
+        let result = pods::run(
+            kv,
+            runtime,
+            self.resolver.clone(),
+            Arc::new(NetProber),
+            self.pods.clone(),
+            stop,
+        )
+        .await;
+        let _ = heartbeat.await;
+        let _ = rotation.await;
+        result.context("the pod loop")
+    }
+
+    /// Hands out the pieces a caller needs to stop the workloads after [`Agent::run`] took
+    /// the agent.
+    pub fn stopper(&self) -> Stopper {
+        Stopper {
+            runtime: self.runtime.clone(),
+            resolver: self.resolver.clone(),
+            bridge: self.bridge.clone(),
+        }
+    }
+}
+
+/// Stops an agent's workloads after the agent itself has stopped (see [`Agent::stopper`]).
+pub struct Stopper {
+    runtime: Arc<LinuxRuntime>,
+    resolver: Arc<NodeResolver>,
+    bridge: String,
+}
+
+impl std::fmt::Debug for Stopper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stopper")
+            .field("bridge", &self.bridge)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Stopper {
+    /// Stops every pod (SIGTERM, then SIGKILL after `grace`), removes their sandboxes,
+    /// cgroups and mounts, and takes the pod bridge down.
+    pub fn stop_workloads(&self, grace: Duration) -> anyhow::Result<()> {
+        pods::stop_all(self.runtime.as_ref(), &self.resolver, grace)
+            .context("stopping the pods")?;
+        coxswain_node::net::teardown(&self.bridge).context("removing the pod bridge")?;
+        Ok(())
+    }
+}
+
+/// Rotates the containers' logs every [`LOG_ROTATE_EVERY`] until told to stop. The walk
+/// touches the disk, so it runs off the async threads.
+async fn rotate_logs(
+    dir: PathBuf,
+    max_bytes: u64,
+    max_files: usize,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(LOG_ROTATE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let dir = dir.clone();
+        let done =
+            tokio::task::spawn_blocking(move || logs::rotate_all(&dir, max_bytes, max_files)).await;
+        match done {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(rotated = n, "rotated container logs"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot rotate container logs"),
+            Err(e) => tracing::warn!(error = %e, "the log rotation task failed"),
+        }
+    }
 }
 
 /// The address this host reaches the network from: the source address of a route to a

@@ -5,9 +5,12 @@
 mod agent;
 mod config;
 mod diff;
+mod get;
 mod image;
+mod logs;
 mod server;
 mod status;
+mod up;
 mod validate;
 
 use std::process::ExitCode;
@@ -45,6 +48,13 @@ enum Command {
     Image(image::Args),
     /// Run this machine as a node: register it, and run the pods bound to it.
     Agent(Box<agent::Args>),
+    /// Print a container's logs.
+    Logs(logs::Args),
+    /// List stored objects with kubectl's columns, or as a List object.
+    Get(get::Args),
+    /// Run everything on this machine: store, controllers, scheduler, agent and the sync of
+    /// examples-repo/.
+    Up(Box<up::Args>),
 }
 
 fn main() -> ExitCode {
@@ -69,6 +79,9 @@ fn main() -> ExitCode {
         Command::Diff(args) => diff::run(&args),
         Command::Image(args) => image::run(&args),
         Command::Agent(args) => agent::run(&args),
+        Command::Logs(args) => logs::run(&args),
+        Command::Get(args) => get::run(&args),
+        Command::Up(args) => up::run(*args),
     };
     match result {
         Ok(code) => code,

@@ -2,9 +2,16 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use coxswain_reconciler::controller::deployment::DeploymentController;
+use coxswain_reconciler::controller::gc::GarbageCollector;
+use coxswain_reconciler::controller::namespace::NamespaceController;
+use coxswain_reconciler::controller::replicaset::ReplicaSetController;
+use coxswain_reconciler::controller::scheduler::SchedulerController;
+use coxswain_reconciler::controller::{Manager, ManagerConfig, leader_flag};
 use coxswain_reconciler::prune::PrunePolicy;
 use coxswain_reconciler::source::{Reference, Source, SourceConfig};
 use coxswain_reconciler::sync::{Outcome, SyncConfig, Syncer};
@@ -82,16 +89,16 @@ pub struct SyncArgs {
 
 /// The settings of one member, from the flags over the config file over the defaults.
 #[derive(Debug)]
-struct Settings {
-    id: u64,
-    data: PathBuf,
-    listen: String,
-    advertise: Option<String>,
-    join: Option<String>,
-    token: String,
-    snapshot_every: u64,
-    source: Option<SourceConfig>,
-    prune: PrunePolicy,
+pub(crate) struct Settings {
+    pub(crate) id: u64,
+    pub(crate) data: PathBuf,
+    pub(crate) listen: String,
+    pub(crate) advertise: Option<String>,
+    pub(crate) join: Option<String>,
+    pub(crate) token: String,
+    pub(crate) snapshot_every: u64,
+    pub(crate) source: Option<SourceConfig>,
+    pub(crate) prune: PrunePolicy,
 }
 
 impl Settings {
@@ -183,11 +190,52 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(serve(settings))?;
+    rt.block_on(async move {
+        let running = start(settings).await?;
+        shutdown_signal().await;
+        running.finish().await
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 
-async fn serve(args: Settings) -> anyhow::Result<()> {
+/// A started member: its RPC server, its sync loop (with a source) and its controllers.
+pub(crate) struct Running {
+    pub member: Member,
+    /// Where the member is reached (its advertised address).
+    pub address: String,
+    stop: tokio::sync::watch::Sender<bool>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    sync: Option<tokio::task::JoinHandle<()>>,
+    controllers: tokio::task::JoinHandle<coxswain_reconciler::Result<()>>,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running")
+            .field("address", &self.address)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Running {
+    /// Stops the sync loop and the controllers, then the RPC server and the member, and
+    /// waits for all of them.
+    pub async fn finish(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        if let Some(sync) = self.sync {
+            sync.await.context("sync task")?;
+        }
+        self.controllers
+            .await
+            .context("controllers task")?
+            .context("the controllers")?;
+        self.server.await.context("server task")??;
+        Ok(())
+    }
+}
+
+/// Starts one member from its settings and returns once it serves.
+pub(crate) async fn start(args: Settings) -> anyhow::Result<Running> {
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
@@ -198,6 +246,8 @@ async fn serve(args: Settings) -> anyhow::Result<()> {
     let member = Member::start(cfg, args.join.is_none())
         .await
         .with_context(|| format!("starting member {} in {}", args.id, args.data.display()))?;
+    // `coxswain get --data` finds this member through its data folder.
+    crate::get::write_endpoint(&args.data, &advertise, &args.token)?;
     // Tests and scripts read this line to learn the port.
     println!("coxswain server: member {} listening on {bound}", args.id);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -210,10 +260,20 @@ async fn serve(args: Settings) -> anyhow::Result<()> {
         )?),
         None => None,
     };
-    let server = tokio::spawn(server::serve(listener, member.clone(), async move {
-        shutdown_signal().await;
-        let _ = stop_tx.send(true);
-    }));
+    let controllers = {
+        let manager = control_plane(&member);
+        let leader = leader_flag(&member);
+        let mut stop = stop_rx.clone();
+        tokio::spawn(manager.run(leader, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }))
+    };
+    let server = {
+        let mut stop = stop_rx.clone();
+        tokio::spawn(server::serve(listener, member.clone(), async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }))
+    };
     if let Some(join) = &args.join {
         let joined = join_cluster(&args.token, join, args.id, &advertise).await?;
         // The leader's first append gave this member its cluster id; the answer must agree.
@@ -230,11 +290,26 @@ async fn serve(args: Settings) -> anyhow::Result<()> {
             joined.cluster.as_deref().unwrap_or("?")
         );
     }
-    server.await.context("server task")??;
-    if let Some(sync) = sync {
-        sync.await.context("sync task")?;
-    }
-    Ok(())
+    Ok(Running {
+        member,
+        address: advertise,
+        stop: stop_tx,
+        server,
+        sync,
+        controllers,
+    })
+}
+
+/// The controllers and the scheduler; every member runs them while it is the Raft leader.
+fn control_plane(member: &Member) -> Manager<Member> {
+    let mut manager = Manager::new(Arc::new(member.clone()), ManagerConfig::default());
+    manager
+        .add(DeploymentController::default())
+        .add(ReplicaSetController::default())
+        .add(SchedulerController)
+        .add(GarbageCollector::default())
+        .add(NamespaceController);
+    manager
 }
 
 /// Opens the source and runs the sync loop while this member leads; the loop writes its
@@ -254,15 +329,68 @@ fn start_sync(
     let mut syncer = Syncer::new(member.clone(), source, config)?;
     let id = member.id();
     let mut metrics = member.raft().metrics();
+    // The health of the applied commit follows its workloads: a change under these prefixes
+    // (controllers' status writes, the node agents' Pod status) asks for a health refresh.
+    // Bursts (a rollout writes many objects) are coalesced: a refresh runs at most once per
+    // `HEALTH_COALESCE`, that long after the first change it covers.
+    const HEALTH_PREFIXES: [&str; 2] = ["/apps/", "/core/Pod/"];
+    const HEALTH_COALESCE: Duration = Duration::from_millis(150);
+    let changed = Arc::new(tokio::sync::Notify::new());
+    let watchers: Vec<tokio::task::JoinHandle<()>> = HEALTH_PREFIXES
+        .into_iter()
+        .map(|prefix| {
+            let member = member.clone();
+            let changed = Arc::clone(&changed);
+            let mut stop = stop.clone();
+            // A second handle to read the flag while `stop.wait_for` holds the first.
+            let stopping = stop.clone();
+            tokio::spawn(async move {
+                loop {
+                    match coxswain_store::Kv::watch(&member, prefix, 0, false).await {
+                        Ok(mut stream) => {
+                            // Changes made while no watch ran were missed: look once.
+                            changed.notify_one();
+                            loop {
+                                tokio::select! {
+                                    batch = stream.recv() => match batch {
+                                        Some(Ok(_)) => changed.notify_one(),
+                                        // At shutdown the store ends its watches before
+                                        // this task sees `stop`; that is not worth a warning.
+                                        _ if *stopping.borrow() => return,
+                                        Some(Err(e)) => {
+                                            tracing::warn!("health watch of {prefix}: {e}; watching again");
+                                            break;
+                                        }
+                                        None => break,
+                                    },
+                                    _ = stop.wait_for(|s| *s) => return,
+                                }
+                            }
+                        }
+                        Err(_) if *stopping.borrow() => return,
+                        Err(e) => tracing::warn!("health watch of {prefix}: {e}; retrying"),
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = stop.wait_for(|s| *s) => return,
+                    }
+                }
+            })
+        })
+        .collect();
     Ok(tokio::spawn(async move {
         // The poll interval is also when the applied commit is checked against the store
         // and drift is put back, as Flux does; a watch or webhook wake-up only looks for new
         // commits.
         let mut poll = false;
+        let mut sync_now = true;
         let mut applied: Option<String> = None;
+        let mut last_health: Option<(String, coxswain_reconciler::notes::CommitState)> = None;
+        // When the coalesced health refresh is due; `None`: no change waiting for one.
+        let mut health_due: Option<tokio::time::Instant> = None;
         loop {
             let leads = metrics.borrow().current_leader == Some(id);
-            if leads {
+            if leads && sync_now {
                 let outcome = match poll {
                     true => syncer.resync().await,
                     false => syncer.sync_once().await,
@@ -299,15 +427,46 @@ fn start_sync(
                     }
                     Err(e) => tracing::warn!("sync: {e}"),
                 }
+                // After every look (an apply, a drift check, a new term as leader) the
+                // health is evaluated at once rather than after the next workload change.
+                health_due = Some(tokio::time::Instant::now());
+            }
+            sync_now = false;
+            if leads && health_due.is_some_and(|at| at <= tokio::time::Instant::now()) {
+                health_due = None;
+                match syncer.refresh_health().await {
+                    Ok(Some(report)) => {
+                        let now = Some((report.commit.clone(), report.state));
+                        if report.changed && last_health != now {
+                            println!("coxswain server: {} is {}", report.commit, report.state);
+                        }
+                        last_health = now;
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!("health: {e}"),
+                }
             }
             // A follower also wakes when it becomes the leader, to sync at once.
             tokio::select! {
-                wake = triggers.wait() => poll = wake.poll,
-                _ = metrics.wait_for(|m| m.current_leader == Some(id)), if !leads => poll = false,
+                wake = triggers.wait() => {
+                    poll = wake.poll;
+                    sync_now = true;
+                }
+                _ = metrics.wait_for(|m| m.current_leader == Some(id)), if !leads => {
+                    poll = false;
+                    sync_now = true;
+                }
+                () = changed.notified(), if health_due.is_none() => {
+                    health_due = Some(tokio::time::Instant::now() + HEALTH_COALESCE);
+                }
+                () = tokio::time::sleep_until(health_due.unwrap_or_else(tokio::time::Instant::now)), if leads && health_due.is_some() => {}
                 _ = stop.wait_for(|s| *s) => break,
             }
         }
         syncer.close().await;
+        for watcher in watchers {
+            let _ = watcher.await;
+        }
     }))
 }
 

@@ -10,10 +10,13 @@
 //!
 //! Errors of every module are variants of the one [`Error`] enum in `error.rs`.
 
+pub mod controller;
 pub mod error;
+pub mod health;
 pub mod notes;
 pub mod plan;
 pub mod prune;
+pub mod scheduler;
 pub mod source;
 pub mod sync;
 
