@@ -94,6 +94,9 @@ cmd_run() {
     busybox_image "$TARGET_DIR/release/coxswain"
     log "coxswain validate examples-repo"
     "$TARGET_DIR/release/coxswain" validate examples-repo
+    # Pods need namespaces, cgroups and a bridge, hence root. Ctrl-C stops everything.
+    log "coxswain up: the example app serves on port 8080 at each pod's IP (Ctrl-C stops it)"
+    as_root "$TARGET_DIR/release/coxswain" up
 }
 
 cmd_test() {

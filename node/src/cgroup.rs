@@ -319,6 +319,22 @@ impl Cgroup {
             .map(|c| (*c).to_owned())
             .collect();
 
+        // On v1 cgroups-rs makes each controller's directory with one mkdir, so the first two
+        // pods of a fresh node, made at once, race to create their common parent and one of
+        // them fails. The parents are made here, where an existing one is fine.
+        if version == CgroupVersion::V1
+            && let Some((parent, _)) = path.rsplit_once('/')
+        {
+            for sub in version.hierarchy().subsystems() {
+                if wanted.contains(&sub.controller_name()) {
+                    let dir = sub.to_controller().path().join(parent);
+                    std::fs::create_dir_all(&dir).map_err(|e| Error::Cgroup {
+                        path: path.to_owned(),
+                        reason: format!("could not create {}: {e}", dir.display()),
+                    })?;
+                }
+            }
+        }
         let new = || match version {
             CgroupVersion::V1 => cgroups_rs::Cgroup::new_with_specified_controllers(
                 version.hierarchy(),

@@ -258,7 +258,13 @@ pub fn cleanup(pod_dir: &Path) -> Result<()> {
         });
     }
     // std's remove_dir_all removes symlinks themselves and never descends through them.
-    fs::remove_dir_all(&root).map_err(Error::io("removing the pod's volume directory", &root))?;
+    // Gone meanwhile is done: cleanup is idempotent, and two cleanups may overlap.
+    match fs::remove_dir_all(&root) {
+        Err(e) if e.kind() != ErrorKind::NotFound => {
+            return Err(Error::io("removing the pod's volume directory", &root)(e));
+        }
+        _ => {}
+    }
     tracing::debug!(dir = %root.display(), "removed the pod's volumes");
     Ok(())
 }

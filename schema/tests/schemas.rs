@@ -141,5 +141,5 @@ fn valid_corpus_round_trips_through_types_and_schemas() {
 #[test]
 fn examples_repo_round_trips() {
     let n = round_trip_dir(&crate_dir().join("../examples-repo")).len();
-    assert!(n >= 5);
+    assert!(n >= 4);
 }

@@ -70,6 +70,10 @@ pub async fn run<K: Kv + 'static>(
         .await
         .map_err(join_err)??;
     let mut workers: HashMap<String, mpsc::UnboundedSender<Msg>> = HashMap::new();
+    // The workers' tasks, joined before `run` returns: whoever stops the agent (`coxswain
+    // up` stopping its pods next) must not race a worker still syncing one. Dropped on an
+    // error return, which aborts them.
+    let mut tasks = tokio::task::JoinSet::new();
     let mut owned_keys = Vec::new();
     for item in pods {
         let Some(pod) = bound_pod(&item, &node) else {
@@ -82,6 +86,7 @@ pub async fn run<K: Kv + 'static>(
         }
         owned_keys.push(key);
         let tx = spawn_worker(
+            &mut tasks,
             kv.clone(),
             item.key.clone(),
             pod,
@@ -136,7 +141,7 @@ pub async fn run<K: Kv + 'static>(
                             if let Some(tx) = workers.get(&event.kv.key) {
                                 let _ = tx.send(Msg::Update(Box::new(pod)));
                             } else if !is_terminal(&pod) {
-                                let tx = spawn_worker(kv.clone(), event.kv.key.clone(), pod, false,
+                                let tx = spawn_worker(&mut tasks, kv.clone(), event.kv.key.clone(), pod, false,
                                     runtime.clone(), resolver.clone(), prober.clone(), &cfg);
                                 workers.insert(event.kv.key, tx);
                             }
@@ -153,6 +158,10 @@ pub async fn run<K: Kv + 'static>(
             batch = secret_watch.recv() => objects_changed(batch, &objects, &workers)?,
         }
     }
+    // Closing the channels tells each worker the agent is stopping; it returns after the
+    // sync in hand and leaves its pod running, as a restarted agent expects to find it.
+    drop(workers);
+    while tasks.join_next().await.is_some() {}
     Ok(())
 }
 
@@ -237,6 +246,7 @@ fn join_err(e: tokio::task::JoinError) -> Error {
 
 #[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
 fn spawn_worker<K: Kv + 'static>(
+    tasks: &mut tokio::task::JoinSet<()>,
     kv: Arc<K>,
     store_key: String,
     pod: Pod,
@@ -249,7 +259,7 @@ fn spawn_worker<K: Kv + 'static>(
     let (tx, rx) = mpsc::unbounded_channel();
     let span = tracing::info_span!("pod", key = %store_key);
     let cfg = cfg.clone();
-    tokio::spawn(
+    tasks.spawn(
         async move {
             let worker_resolver: Arc<dyn crate::pod::Resolver> = resolver.clone();
             let worker = if adopt {
@@ -338,7 +348,8 @@ async fn drive<K: Kv>(
         let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(wake));
         tokio::select! {
             _ = sleep => {}
-            msg = rx.recv() => match msg {
+            // Once deleted, the sender is gone too: only the termination's own pace counts.
+            msg = rx.recv(), if !deleted => match msg {
                 Some(Msg::Update(pod)) => worker.update(*pod),
                 Some(Msg::Refresh) => {
                     let (res, pod, key) = (resolver.clone(), worker.pod().clone(), worker.key().to_owned());
@@ -346,10 +357,12 @@ async fn drive<K: Kv>(
                         tracing::warn!(error = %e, "could not refresh the pod's volumes");
                     }
                 }
-                Some(Msg::Deleted) | None => {
+                Some(Msg::Deleted) => {
                     deleted = true;
                     worker.terminate(Instant::now(), None);
                 }
+                // The agent is stopping, not the pod: it keeps running for the next agent.
+                None => return,
             },
         }
     }

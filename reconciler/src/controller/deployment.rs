@@ -1521,7 +1521,12 @@ impl Reconciler for DeploymentController {
         let plan = plan(&deployment, &owned, &pods, now);
         let mut units = Vec::new();
         if let Some(mut rs) = plan.create.clone() {
-            let rs_key = coxswain_store::object_key("apps", "ReplicaSet", Some(&namespace), &rs.metadata.name);
+            let rs_key = coxswain_store::object_key(
+                "apps",
+                "ReplicaSet",
+                Some(&namespace),
+                &rs.metadata.name,
+            );
             if let Some(existing) = ctx.cache().get(&rs_key) {
                 // The name is taken by a ReplicaSet this Deployment does not own (the plan
                 // already steps around its own): count a collision so the next plan picks
@@ -1538,10 +1543,19 @@ impl Reconciler for DeploymentController {
             rs.metadata.generation = Some(1);
             rs.metadata.resource_version = None;
             // Absent only: a ReplicaSet created meanwhile under that name is a conflict.
-            units.push(Txn::compare_and_swap(rs_key, 0, to_value(&rs.metadata.name, &rs)?));
+            units.push(Txn::compare_and_swap(
+                rs_key,
+                0,
+                to_value(&rs.metadata.name, &rs)?,
+            ));
         }
         for rs in &plan.update {
-            let rs_key = coxswain_store::object_key("apps", "ReplicaSet", Some(&namespace), &rs.metadata.name);
+            let rs_key = coxswain_store::object_key(
+                "apps",
+                "ReplicaSet",
+                Some(&namespace),
+                &rs.metadata.name,
+            );
             let Some(revision) = revision_of(&rs.metadata) else {
                 continue;
             };
@@ -1553,10 +1567,19 @@ impl Reconciler for DeploymentController {
             if before.is_some_and(|b| b.spec != rs.spec) {
                 rs.metadata.generation = Some(rs.metadata.generation.unwrap_or(1) + 1);
             }
-            units.push(Txn::compare_and_swap(rs_key, revision, to_value(&rs.metadata.name, &rs)?));
+            units.push(Txn::compare_and_swap(
+                rs_key,
+                revision,
+                to_value(&rs.metadata.name, &rs)?,
+            ));
         }
         for rs in &plan.delete {
-            let rs_key = coxswain_store::object_key("apps", "ReplicaSet", Some(&namespace), &rs.metadata.name);
+            let rs_key = coxswain_store::object_key(
+                "apps",
+                "ReplicaSet",
+                Some(&namespace),
+                &rs.metadata.name,
+            );
             if let Some(revision) = revision_of(&rs.metadata) {
                 units.push(Txn {
                     compares: vec![Compare {

@@ -253,7 +253,9 @@ impl Reconciler for SchedulerController {
                     pods.push(p);
                     kvs.push(kv);
                 }
-                Err(e) => tracing::warn!(key = %kv.key, error = %e, "unreadable pod; not scheduled"),
+                Err(e) => {
+                    tracing::warn!(key = %kv.key, error = %e, "unreadable pod; not scheduled")
+                }
             }
         }
 
@@ -279,7 +281,11 @@ impl Reconciler for SchedulerController {
                     set_scheduled(&mut value, "False", Some("Unschedulable"), Some(&message));
                 }
             }
-            units.push(Txn::compare_and_swap(kv.key.clone(), kv.mod_revision, value));
+            units.push(Txn::compare_and_swap(
+                kv.key.clone(),
+                kv.mod_revision,
+                value,
+            ));
         }
         if !units.is_empty() {
             ctx.write(units).await?;
@@ -366,8 +372,16 @@ mod tests {
             )
         };
         assert_eq!(ev(None, Some(&pending)), [QUEUE_KEY]);
-        assert_eq!(ev(Some(&bound), None), [QUEUE_KEY], "deleted frees its node");
-        assert_eq!(ev(Some(&bound), Some(&done)), [QUEUE_KEY], "finished frees it");
+        assert_eq!(
+            ev(Some(&bound), None),
+            [QUEUE_KEY],
+            "deleted frees its node"
+        );
+        assert_eq!(
+            ev(Some(&bound), Some(&done)),
+            [QUEUE_KEY],
+            "finished frees it"
+        );
         assert!(ev(Some(&bound), Some(&bound)).is_empty(), "a status update");
         assert!(ev(Some(&done), None).is_empty(), "it held nothing");
     }
