@@ -124,6 +124,12 @@ cmd_test() {
     "$TARGET_DIR/debug/coxswain-bench" store --quick
     log "coxswain-bench sync --quick (smoke run)"
     "$TARGET_DIR/debug/coxswain-bench" sync --quick
+    log "coxswain-bench schedule --quick (smoke run)"
+    "$TARGET_DIR/debug/coxswain-bench" schedule --quick
+    if [ "$(id -u)" -eq 0 ]; then
+        log "coxswain-bench e2e --quick (smoke run, through coxswain up)"
+        "$TARGET_DIR/debug/coxswain-bench" e2e --quick
+    fi
     log "all tests passed"
 }
 
