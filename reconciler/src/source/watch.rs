@@ -102,6 +102,11 @@ pub struct Triggers {
     filter: Option<Filter>,
     watcher: Option<RecommendedWatcher>,
     watched: Vec<PathBuf>,
+    /// The wake-up being coalesced and when its first signal came. Kept here, not in
+    /// `wait`'s locals, so `wait` is cancel-safe: the sync loop waits in a `select!` beside
+    /// other branches (health refreshes), and a `wait` dropped mid-coalescing must not lose
+    /// the signals it already took from the channel; the next call carries on.
+    pending: Option<(Wake, Instant)>,
 }
 
 impl std::fmt::Debug for Triggers {
@@ -131,6 +136,7 @@ impl Triggers {
             filter: None,
             watcher: None,
             watched: Vec::new(),
+            pending: None,
         }
     }
 
@@ -174,35 +180,39 @@ impl Triggers {
     /// Waits for the next reason to look at the source. Signals that arrive while no one is
     /// waiting are kept (up to the channel's capacity) and wake the next call at once.
     pub async fn wait(&mut self) -> Wake {
-        let mut wake = Wake::default();
-        loop {
+        // Cancel-safe: every await below is on a cancel-safe future (`recv`, a sleep), and
+        // what was taken from the channel is in `self.pending` before the next await.
+        while self.pending.is_none() {
             tokio::select! {
                 biased;
                 signal = self.rx.recv() => {
                     // `self` holds a sender, so the channel never closes.
-                    if let Some(signal) = signal
-                        && self.absorb(signal, &mut wake)
-                    {
-                        break;
+                    if let Some(signal) = signal {
+                        let mut wake = Wake::default();
+                        if self.absorb(signal, &mut wake) {
+                            self.pending = Some((wake, Instant::now()));
+                        }
                     }
                 }
                 () = tokio::time::sleep_until(self.next_poll) => {
-                    wake.poll = true;
-                    break;
+                    let wake = Wake { poll: true, ..Wake::default() };
+                    self.pending = Some((wake, Instant::now()));
                 }
             }
         }
-        let first = Instant::now();
-        let hard_deadline = first + self.max_delay;
-        loop {
-            let deadline = (Instant::now() + self.quiet).min(hard_deadline);
+        while let Some((_, first)) = &self.pending {
+            let deadline = (Instant::now() + self.quiet).min(*first + self.max_delay);
             match tokio::time::timeout_at(deadline, self.rx.recv()).await {
                 Ok(Some(signal)) => {
-                    self.absorb(signal, &mut wake);
+                    if let Some((mut wake, first)) = self.pending.take() {
+                        self.absorb(signal, &mut wake);
+                        self.pending = Some((wake, first));
+                    }
                 }
                 Ok(None) | Err(_) => break,
             }
         }
+        let wake = self.pending.take().map(|(w, _)| w).unwrap_or_default();
         self.next_poll = Instant::now() + self.interval;
         tracing::debug!(
             reason = wake.reason(),
@@ -450,6 +460,25 @@ mod tests {
         let before = Instant::now();
         assert!(t.wait().await.poll);
         assert!(before.elapsed() >= interval);
+    }
+
+    #[tokio::test]
+    async fn a_wait_cancelled_while_coalescing_keeps_its_signal() {
+        // The quiet period is long, so a select! beside the wait fires first, after the wait
+        // took the webhook from the channel and while it coalesces.
+        let mut t = Triggers::new(Duration::from_secs(3600))
+            .with_coalescing(Duration::from_millis(200), Duration::from_secs(1));
+        t.webhook().trigger("", "refs/heads/main");
+        tokio::select! {
+            _ = t.wait() => panic!("the wait should still be coalescing"),
+            () = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+        // The next wait returns that webhook, not the poll an hour away.
+        let wake = tokio::time::timeout(Duration::from_secs(2), t.wait())
+            .await
+            .expect("the webhook taken by the cancelled wait was lost");
+        assert_eq!(wake.webhooks, 1);
+        assert!(!wake.poll);
     }
 
     #[tokio::test]
