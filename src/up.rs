@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use coxswain_reconciler::prune::PrunePolicy;
-use coxswain_reconciler::source::SourceConfig;
+use coxswain_reconciler::source::{Location, Reference, SourceConfig};
 use coxswain_reconciler::sync::read_status;
 use coxswain_store::{Consistency, Kv, Member};
 use serde_json::Value;
@@ -54,7 +54,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&args.data)
         .with_context(|| format!("creating {}", args.data.display()))?;
     let token = local_token(&args.data)?;
-    let mut source = SourceConfig::new(args.repo.clone());
+    // A local checkout is followed at whatever is checked out (its HEAD), as the user sees
+    // it; a URL has no checkout, so its default branch setting applies.
+    let mut source = SourceConfig::local_head(args.repo.clone());
+    if !matches!(source.location(), Ok(Location::Local(_))) {
+        source.reference = Reference::default();
+    }
     source.path = Some(args.path.clone());
     source.cache_dir = Some(args.data.join("git"));
     source.validate().context("the Git source")?;
