@@ -3,6 +3,8 @@
 //! pod IP; the agent restarts without restarting it; deleting the pod removes its processes.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
@@ -14,18 +16,6 @@ use coxswain_store::{Client, Consistency, Kv, Txn};
 use serde_json::{Value, json};
 
 const TOKEN: &str = "agent-test-token";
-
-fn require_root(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{test} needs root, and CI runs as root: refusing to skip"
-    );
-    eprintln!("skipped {test}: needs root (run the suite as root to include it)");
-    false
-}
 
 /// A child process whose stdout is read line by line; killed on drop.
 struct Proc {
@@ -72,43 +62,6 @@ impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// Kills what the test's pods left behind and removes its bridge, also when the test panics:
-/// pod processes outlive their agent by design, so a failed run would otherwise leave a
-/// sandbox (and its veth, whose name is derived from the pod) to break the next run.
-struct Leftovers {
-    state: std::path::PathBuf,
-    bridge: String,
-}
-
-impl Drop for Leftovers {
-    fn drop(&mut self) {
-        let pid_of = |path: &Path, pointer: &str| -> Option<i32> {
-            let v: Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
-            i32::try_from(v.pointer(pointer)?.as_u64()?).ok()
-        };
-        for sandbox in std::fs::read_dir(self.state.join("sandboxes"))
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let mut pids: Vec<i32> = std::fs::read_dir(sandbox.path())
-                .into_iter()
-                .flatten()
-                .flatten()
-                .filter_map(|c| pid_of(&c.path().join("container.json"), "/pid"))
-                .collect();
-            pids.extend(pid_of(&sandbox.path().join("sandbox.json"), "/sandbox/pid"));
-            for pid in pids {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-        }
-        let _ = coxswain_node::net::teardown(&self.bridge);
     }
 }
 
@@ -194,7 +147,9 @@ fn container_pid(state: &Path, key: &str) -> u32 {
 
 #[test]
 fn a_bound_pod_runs_survives_an_agent_restart_and_goes_with_its_deletion() {
-    if !require_root("a_bound_pod_runs_survives_an_agent_restart_and_goes_with_its_deletion") {
+    if !common::require_root(
+        "a_bound_pod_runs_survives_an_agent_restart_and_goes_with_its_deletion",
+    ) {
         return;
     }
     let data = tempfile::tempdir().unwrap();
@@ -205,7 +160,7 @@ fn a_bound_pod_runs_survives_an_agent_restart_and_goes_with_its_deletion() {
         format!("cxa{tag}"),
         format!("10.125.{}.0/24", tag % 250),
     );
-    let _leftovers = Leftovers {
+    let _leftovers = common::Leftovers {
         state: state.path().to_path_buf(),
         bridge: bridge.clone(),
     };

@@ -7,6 +7,8 @@
 //! nothing behind.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -19,18 +21,6 @@ use coxswain_store::{Client, Consistency, Kv};
 use serde_json::Value;
 
 const NS: &str = "e2e";
-
-fn require_root(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{test} needs root, and CI runs as root: refusing to skip"
-    );
-    eprintln!("skipped {test}: needs root (run the suite as root to include it)");
-    false
-}
 
 fn git(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git")
@@ -120,50 +110,6 @@ impl Drop for Up {
     }
 }
 
-/// What a failed run would leave: pod processes outlive a killed `up` by design, so they are
-/// killed here (from the runtime's records) and the bridge removed, also on a panic.
-struct Leftovers {
-    state: PathBuf,
-    bridge: String,
-}
-
-impl Drop for Leftovers {
-    fn drop(&mut self) {
-        for pid in all_pids(&self.state) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-        let _ = coxswain_node::net::teardown(&self.bridge);
-    }
-}
-
-fn pid_in(path: &Path, pointer: &str) -> Option<i32> {
-    let v: Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
-    i32::try_from(v.pointer(pointer)?.as_u64()?).ok()
-}
-
-/// Every sandbox holder and container pid the runtime has on record under `state`.
-fn all_pids(state: &Path) -> Vec<i32> {
-    let mut pids = Vec::new();
-    for sandbox in std::fs::read_dir(state.join("sandboxes"))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        pids.extend(pid_in(&sandbox.path().join("sandbox.json"), "/sandbox/pid"));
-        for c in std::fs::read_dir(sandbox.path())
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            pids.extend(pid_in(&c.path().join("container.json"), "/pid"));
-        }
-    }
-    pids
-}
-
 fn sandbox_key(pod: &Value) -> String {
     coxswain_node::runtime::sandbox_key(
         NS,
@@ -179,7 +125,7 @@ fn container_pid(state: &Path, pod: &Value) -> Option<i32> {
         .ok()?
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().starts_with("httpd."))
-        .filter_map(|e| pid_in(&e.path().join("container.json"), "/pid"))
+        .filter_map(|e| common::pid_in(&e.path().join("container.json"), "/pid"))
         .find(|pid| Path::new(&format!("/proc/{pid}")).exists())
 }
 
@@ -301,7 +247,7 @@ fn all_ready(n: usize) -> impl Fn(&[Value]) -> bool {
 
 #[test]
 fn a_committed_deployment_runs_rolls_heals_scales_and_goes_away() {
-    if !require_root("a_committed_deployment_runs_rolls_heals_scales_and_goes_away") {
+    if !common::require_root("a_committed_deployment_runs_rolls_heals_scales_and_goes_away") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -314,7 +260,7 @@ fn a_committed_deployment_runs_rolls_heals_scales_and_goes_away() {
         format!("cxe{tag}"),
         format!("10.126.{}.0/24", tag % 250),
     );
-    let _leftovers = Leftovers {
+    let _leftovers = common::Leftovers {
         state: state.clone(),
         bridge: bridge.clone(),
     };
@@ -509,7 +455,7 @@ fn a_committed_deployment_runs_rolls_heals_scales_and_goes_away() {
     let pods = cluster.pods();
     let cgroups: Vec<PathBuf> = pods.iter().flat_map(cgroup_dirs).collect();
     assert!(!cgroups.is_empty(), "no pod cgroup found to watch");
-    let pids: Vec<i32> = all_pids(&state);
+    let pids: Vec<i32> = common::all_pids(&state);
     assert!(pids.len() >= 10, "5 holders and 5 containers: {pids:?}");
     std::fs::remove_file(repo.join("deploy/web.yaml")).unwrap();
     let c_delete = commit(&repo, "web: gone\n\nCoxswain-Allow-Prune: yes");

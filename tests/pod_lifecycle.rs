@@ -10,6 +10,8 @@
 //! asked for, but never more than [`POLL`] so that a container's end is seen quickly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -41,18 +43,6 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// the grace period (a shell as PID 1 of its namespace ignores SIGTERM without a trap). The
 /// `wait` builtin is interrupted by the trapped signal, a foreground `sleep` would not be.
 const SERVE: &str = "trap 'exit 143' TERM; sleep 1000 & wait";
-
-fn require_root(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{test} needs root, and CI runs as root: refusing to skip"
-    );
-    eprintln!("skipped {test}: needs root (run the suite as root to include it)");
-    false
-}
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
@@ -334,7 +324,7 @@ impl Ending {
 /// restarted ends Succeeded if its container exited 0, else Failed; a pod restarting (or
 /// waiting to) stays Running.
 fn restart_row(test: &str, policy: &str, ending: Ending) {
-    if !require_root(test) {
+    if !common::require_root(test) {
         return;
     }
     let node = Node::new();
@@ -429,7 +419,7 @@ restart_rows! {
 
 #[test]
 fn a_crash_loop_backs_off_doubling_from_the_base_up_to_the_max() {
-    if !require_root("a_crash_loop_backs_off_doubling_from_the_base_up_to_the_max") {
+    if !common::require_root("a_crash_loop_backs_off_doubling_from_the_base_up_to_the_max") {
         return;
     }
     let node = Node::new();
@@ -537,7 +527,7 @@ fn a_crash_loop_backs_off_doubling_from_the_base_up_to_the_max() {
 
 #[test]
 fn a_failing_liveness_probe_restarts_the_container() {
-    if !require_root("a_failing_liveness_probe_restarts_the_container") {
+    if !common::require_root("a_failing_liveness_probe_restarts_the_container") {
         return;
     }
     let node = Node::new();
@@ -578,7 +568,7 @@ fn a_failing_liveness_probe_restarts_the_container() {
 
 #[test]
 fn readiness_flips_the_ready_condition_both_ways() {
-    if !require_root("readiness_flips_the_ready_condition_both_ways") {
+    if !common::require_root("readiness_flips_the_ready_condition_both_ways") {
         return;
     }
     let node = Node::new();
@@ -617,7 +607,8 @@ fn readiness_flips_the_ready_condition_both_ways() {
 
 #[test]
 fn a_grace_period_of_2s_ends_in_sigkill_at_about_2s_and_the_cgroup_goes() {
-    if !require_root("a_grace_period_of_2s_ends_in_sigkill_at_about_2s_and_the_cgroup_goes") {
+    if !common::require_root("a_grace_period_of_2s_ends_in_sigkill_at_about_2s_and_the_cgroup_goes")
+    {
         return;
     }
     let node = Node::new();
@@ -658,7 +649,7 @@ fn a_grace_period_of_2s_ends_in_sigkill_at_about_2s_and_the_cgroup_goes() {
 
 #[test]
 fn a_cpu_limit_of_200m_holds_a_busy_loop_to_a_fifth_of_a_core() {
-    if !require_root("a_cpu_limit_of_200m_holds_a_busy_loop_to_a_fifth_of_a_core") {
+    if !common::require_root("a_cpu_limit_of_200m_holds_a_busy_loop_to_a_fifth_of_a_core") {
         return;
     }
     let node = Node::new();
@@ -711,7 +702,7 @@ fn a_cpu_limit_of_200m_holds_a_busy_loop_to_a_fifth_of_a_core() {
 
 #[test]
 fn an_escaping_host_path_is_refused_with_a_clear_status() {
-    if !require_root("an_escaping_host_path_is_refused_with_a_clear_status") {
+    if !common::require_root("an_escaping_host_path_is_refused_with_a_clear_status") {
         return;
     }
     let node = Node::new();
@@ -753,7 +744,7 @@ fn an_escaping_host_path_is_refused_with_a_clear_status() {
 
 #[test]
 fn an_escaping_working_dir_is_refused_with_a_clear_status() {
-    if !require_root("an_escaping_working_dir_is_refused_with_a_clear_status") {
+    if !common::require_root("an_escaping_working_dir_is_refused_with_a_clear_status") {
         return;
     }
     let node = Node::new();
@@ -795,7 +786,7 @@ fn an_escaping_working_dir_is_refused_with_a_clear_status() {
 
 #[test]
 fn an_empty_dir_is_shared_by_two_containers_of_a_pod() {
-    if !require_root("an_empty_dir_is_shared_by_two_containers_of_a_pod") {
+    if !common::require_root("an_empty_dir_is_shared_by_two_containers_of_a_pod") {
         return;
     }
     let node = Node::new();

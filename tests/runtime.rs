@@ -3,6 +3,8 @@
 //! image that `scripts/dev.sh` imports into the node's image store.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -18,18 +20,6 @@ use coxswain_node::runtime::{
 };
 
 const IMAGES: &str = "/var/lib/coxswain/images";
-
-fn require_root(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{test} needs root, and CI runs as root: refusing to skip"
-    );
-    eprintln!("skipped {test}: needs root (run the suite as root to include it)");
-    false
-}
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
@@ -147,7 +137,7 @@ fn exit_code(state: &ContainerState) -> Option<i32> {
 
 #[test]
 fn a_container_has_the_pod_hostname_and_is_pid_1() {
-    if !require_root("a_container_has_the_pod_hostname_and_is_pid_1") {
+    if !common::require_root("a_container_has_the_pod_hostname_and_is_pid_1") {
         return;
     }
     let node = Node::new(false);
@@ -172,7 +162,7 @@ fn a_container_has_the_pod_hostname_and_is_pid_1() {
 
 #[test]
 fn a_container_keeps_only_stdio_no_new_privs_and_fewer_capabilities() {
-    if !require_root("a_container_keeps_only_stdio_no_new_privs_and_fewer_capabilities") {
+    if !common::require_root("a_container_keeps_only_stdio_no_new_privs_and_fewer_capabilities") {
         return;
     }
     let node = Node::new(false);
@@ -226,7 +216,7 @@ fn a_container_keeps_only_stdio_no_new_privs_and_fewer_capabilities() {
 
 #[test]
 fn a_memory_limit_ends_in_oom_killed() {
-    if !require_root("a_memory_limit_ends_in_oom_killed") {
+    if !common::require_root("a_memory_limit_ends_in_oom_killed") {
         return;
     }
     let node = Node::new(false);
@@ -253,7 +243,7 @@ fn a_memory_limit_ends_in_oom_killed() {
 
 #[test]
 fn exec_runs_in_the_container_and_reports_its_exit_code() {
-    if !require_root("exec_runs_in_the_container_and_reports_its_exit_code") {
+    if !common::require_root("exec_runs_in_the_container_and_reports_its_exit_code") {
         return;
     }
     let node = Node::new(false);
@@ -318,7 +308,7 @@ fn libc_sigterm() -> i32 {
 
 #[test]
 fn an_empty_dir_is_shared_by_two_containers() {
-    if !require_root("an_empty_dir_is_shared_by_two_containers") {
+    if !common::require_root("an_empty_dir_is_shared_by_two_containers") {
         return;
     }
     let node = Node::new(false);
@@ -348,7 +338,7 @@ fn an_empty_dir_is_shared_by_two_containers() {
 
 #[test]
 fn an_escaping_working_dir_is_refused() {
-    if !require_root("an_escaping_working_dir_is_refused") {
+    if !common::require_root("an_escaping_working_dir_is_refused") {
         return;
     }
     let node = Node::new(false);
@@ -361,7 +351,7 @@ fn an_escaping_working_dir_is_refused() {
 
 #[test]
 fn httpd_in_a_pod_answers_from_the_host_and_pods_get_distinct_ips() {
-    if !require_root("httpd_in_a_pod_answers_from_the_host_and_pods_get_distinct_ips") {
+    if !common::require_root("httpd_in_a_pod_answers_from_the_host_and_pods_get_distinct_ips") {
         return;
     }
     let node = Node::new(true);

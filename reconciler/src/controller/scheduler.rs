@@ -21,6 +21,7 @@
 //! [`UNSCHEDULABLE_RETRY`] (Kubernetes flushes its unschedulable queue after 5 minutes;
 //! ours is shorter because one reconcile of a small cluster costs little).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -174,7 +175,7 @@ fn scheduled_message(pod: &Value) -> Option<&str> {
 
 /// Parses stored objects, skipping (with a warning) any this version cannot read: one bad
 /// object must not stop every pod in the cluster from being scheduled.
-fn parse_all<T: serde::de::DeserializeOwned>(items: &[std::sync::Arc<KeyValue>]) -> Vec<T> {
+fn parse_all<T: serde::de::DeserializeOwned>(items: &[Arc<KeyValue>]) -> Vec<T> {
     items
         .iter()
         .filter_map(|kv| match serde_json::from_value(kv.value.clone()) {
@@ -208,8 +209,11 @@ impl Reconciler for SchedulerController {
             return Ok(Action::Done);
         }
         let all_pods = ctx.cache().list(POD_PREFIX);
-        let mut pending: Vec<&std::sync::Arc<KeyValue>> =
-            all_pods.iter().filter(|kv| is_pending(&kv.value)).collect();
+        let mut pending: Vec<Arc<KeyValue>> = all_pods
+            .iter()
+            .filter(|kv| is_pending(&kv.value))
+            .cloned()
+            .collect();
         if pending.is_empty() {
             return Ok(Action::Done);
         }
@@ -237,17 +241,15 @@ impl Reconciler for SchedulerController {
                     .extend(extra);
             }
         }
-        let bound: Vec<std::sync::Arc<KeyValue>> = all_pods
+        let bound: Vec<Arc<KeyValue>> = all_pods
             .iter()
             .filter(|kv| is_bound(&kv.value) && !is_finished(&kv.value))
             .cloned()
             .collect();
         let bound: Vec<Pod> = parse_all(&bound);
-        let pending_kvs: Vec<std::sync::Arc<KeyValue>> =
-            pending.iter().map(|kv| (*kv).clone()).collect();
-        let mut pods = Vec::with_capacity(pending_kvs.len());
-        let mut kvs = Vec::with_capacity(pending_kvs.len());
-        for kv in &pending_kvs {
+        let mut pods = Vec::with_capacity(pending.len());
+        let mut kvs = Vec::with_capacity(pending.len());
+        for kv in &pending {
             match serde_json::from_value::<Pod>(kv.value.clone()) {
                 Ok(p) => {
                     pods.push(p);

@@ -1,0 +1,67 @@
+//! Helpers shared by the root-only integration tests. Each test binary uses a subset, hence
+//! the `dead_code` allowance.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+/// True when the test may run. Not root: skipped with a reason, except in CI, which runs
+/// as root, so a skip there is a failure rather than a pass.
+pub fn require_root(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{test} needs root, and CI runs as root: refusing to skip"
+    );
+    eprintln!("skipped {test}: needs root (run the suite as root to include it)");
+    false
+}
+
+/// Kills what a test's pods left behind and removes its bridge, also when the test panics:
+/// pod processes outlive their agent by design, so a failed run would otherwise leave a
+/// sandbox (and its veth, whose name is derived from the pod) to break the next run.
+pub struct Leftovers {
+    pub state: PathBuf,
+    pub bridge: String,
+}
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        for pid in all_pids(&self.state) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let _ = coxswain_node::net::teardown(&self.bridge);
+    }
+}
+
+/// The pid recorded at `pointer` in the JSON file `path`.
+pub fn pid_in(path: &Path, pointer: &str) -> Option<i32> {
+    let v: Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    i32::try_from(v.pointer(pointer)?.as_u64()?).ok()
+}
+
+/// Every sandbox holder and container pid the runtime has on record under `state`.
+pub fn all_pids(state: &Path) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for sandbox in std::fs::read_dir(state.join("sandboxes"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        pids.extend(pid_in(&sandbox.path().join("sandbox.json"), "/sandbox/pid"));
+        for c in std::fs::read_dir(sandbox.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            pids.extend(pid_in(&c.path().join("container.json"), "/pid"));
+        }
+    }
+    pids
+}
