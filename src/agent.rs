@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use coxswain_node::agent::metrics;
 use coxswain_node::agent::node::{NodeConfig, host_node, run_heartbeat};
 use coxswain_node::agent::pods::{self, PodsConfig};
 use coxswain_node::agent::resolve::{NodeResolver, ObjectCache};
@@ -72,6 +73,10 @@ pub struct NodeArgs {
     /// containerLogMaxFiles); at least 2.
     #[arg(long, default_value_t = logs::DEFAULT_MAX_FILES)]
     log_max_files: usize,
+    /// How often each container's cpu and memory usage is sampled and stored as PodMetrics,
+    /// in seconds (metrics-server's resolution is 15).
+    #[arg(long, default_value_t = 15.0)]
+    metrics_period: f64,
 }
 
 /// How often the agent looks for logs to rotate; the kubelet checks every 10 s as well.
@@ -116,6 +121,7 @@ pub struct Agent {
     logs_dir: PathBuf,
     log_max_bytes: u64,
     log_max_files: usize,
+    metrics_period: Duration,
     bridge: String,
 }
 
@@ -152,6 +158,9 @@ impl Agent {
         node_cfg.validate().context("the node's settings")?;
         if !(args.backoff_base.is_finite() && args.backoff_base > 0.0) {
             anyhow::bail!("--backoff-base must be a positive number of seconds");
+        }
+        if !(args.metrics_period.is_finite() && args.metrics_period >= 1.0) {
+            anyhow::bail!("--metrics-period must be at least 1 second");
         }
         if args.log_max_bytes == 0 || args.log_max_files < 2 {
             anyhow::bail!("--log-max-bytes must be above 0 and --log-max-files at least 2");
@@ -202,11 +211,12 @@ impl Agent {
             logs_dir: args.state_dir.join("logs"),
             log_max_bytes: args.log_max_bytes,
             log_max_files: args.log_max_files,
+            metrics_period: Duration::from_secs_f64(args.metrics_period),
             bridge: args.bridge.clone(),
         })
     }
 
-    /// Registers the Node, heartbeats it, rotates logs and runs the pods bound to it until
+    /// Registers the Node, heartbeats it, rotates logs, samples usage and runs the pods bound to it until
     /// `stop` turns true. The workloads keep running after it returns.
     pub async fn run<K: Kv + 'static>(
         self,
@@ -224,6 +234,13 @@ impl Agent {
             stop.clone(),
         ));
         let runtime: Arc<dyn Runtime> = self.runtime.clone();
+        let metrics = tokio::spawn(metrics::run(
+            kv.clone(),
+            runtime.clone(),
+            self.name.clone(),
+            self.metrics_period,
+            stop.clone(),
+        ));
         let result = pods::run(
             kv,
             runtime,
@@ -235,6 +252,11 @@ impl Agent {
         .await;
         let _ = heartbeat.await;
         let _ = rotation.await;
+        match metrics.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "the usage sampler stopped"),
+            Err(e) => tracing::warn!(error = %e, "the usage sampler panicked"),
+        }
         result.context("the pod loop")
     }
 

@@ -155,6 +155,32 @@ fn read_endpoint(data: &Path) -> anyhow::Result<(String, String)> {
     }
 }
 
+/// The address and token to read from: `--data`'s running coxswain, else `--server` with
+/// `--token`; with neither, a `coxswain up` of this folder is the one asked.
+pub fn endpoint(
+    data: Option<&Path>,
+    server: Option<&str>,
+    token: Option<&str>,
+) -> anyhow::Result<(String, String)> {
+    let local = Path::new(LOCAL_DATA);
+    let data = match (data, server) {
+        (None, None) if local.join(ENDPOINT_FILE).exists() => Some(local),
+        (data, _) => data,
+    };
+    match data {
+        Some(data) => {
+            let (address, stored) = read_endpoint(data)?;
+            Ok((address, token.map_or(stored, str::to_owned)))
+        }
+        None => Ok((
+            server.unwrap_or("127.0.0.1:7400").to_owned(),
+            token
+                .context("a token is needed: pass --token, set COXSWAIN_TOKEN or use --data")?
+                .to_owned(),
+        )),
+    }
+}
+
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let kinds = if args.resource.eq_ignore_ascii_case("all") {
         if args.name.is_some() {
@@ -174,24 +200,11 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         }
         kinds
     };
-    // With neither --server nor --data, a `coxswain up` of this folder is the one asked.
-    let local = Path::new(LOCAL_DATA);
-    let data = match (&args.data, &args.server) {
-        (None, None) if local.join(ENDPOINT_FILE).exists() => Some(local.to_path_buf()),
-        (data, _) => data.clone(),
-    };
-    let (address, token) = match (&data, &args.server) {
-        (Some(data), _) => {
-            let (address, token) = read_endpoint(data)?;
-            (address, args.token.clone().unwrap_or(token))
-        }
-        (None, server) => (
-            server.clone().unwrap_or_else(|| "127.0.0.1:7400".into()),
-            args.token
-                .clone()
-                .context("a token is needed: pass --token, set COXSWAIN_TOKEN or use --data")?,
-        ),
-    };
+    let (address, token) = endpoint(
+        args.data.as_deref(),
+        args.server.as_deref(),
+        args.token.as_deref(),
+    )?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -713,7 +726,7 @@ fn human_duration(d: chrono::TimeDelta) -> String {
 }
 
 /// Left-aligned columns three spaces apart, as kubectl's tabwriter prints them.
-fn align(rows: &[Vec<String>]) -> String {
+pub(crate) fn align(rows: &[Vec<String>]) -> String {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
         .map(|i| {

@@ -10,6 +10,7 @@ mod image;
 mod logs;
 mod server;
 mod status;
+mod top;
 mod up;
 mod validate;
 
@@ -18,7 +19,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 // Validation parses files on every core and allocates many small nodes; glibc's per-thread
-// arenas spend a large share of that time growing and trimming. mimalloc does not.
+// arenas spend a large share of that time growing and trimming. mimalloc does not. It is
+// built without transparent huge pages (see the workspace Cargo.toml) to keep idle RSS small.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -52,6 +54,8 @@ enum Command {
     Logs(logs::Args),
     /// List stored objects with kubectl's columns, or as a List object.
     Get(get::Args),
+    /// Show the cpu and memory pods use, as `kubectl top pod` does.
+    Top(top::Args),
     /// Run everything on this machine: store, controllers, scheduler, agent and the sync of
     /// examples-repo/.
     Up(Box<up::Args>),
@@ -81,6 +85,7 @@ fn main() -> ExitCode {
         Command::Agent(args) => agent::run(&args),
         Command::Logs(args) => logs::run(&args),
         Command::Get(args) => get::run(&args),
+        Command::Top(args) => top::run(&args),
         Command::Up(args) => up::run(*args),
     };
     match result {

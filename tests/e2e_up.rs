@@ -284,7 +284,7 @@ fn a_committed_deployment_runs_rolls_heals_scales_and_goes_away() {
         .arg("--data")
         .arg(&data)
         .args(["--name", &node, "--bridge", &bridge, "--pod-cidr", &cidr])
-        .args(["--backoff-base", "0.2"])
+        .args(["--backoff-base", "0.2", "--metrics-period", "1"])
         .arg("--state-dir")
         .arg(&state)
         .stdout(Stdio::piped());
@@ -351,6 +351,38 @@ fn a_committed_deployment_runs_rolls_heals_scales_and_goes_away() {
     let list: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(list["kind"], "PodList");
     assert_eq!(list["items"].as_array().unwrap().len(), 3);
+
+    // `coxswain top` shows each pod's usage, sampled from its cgroups every second here.
+    let names: BTreeSet<String> = pods.iter().map(name).collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = Command::new(env!("CARGO_BIN_EXE_coxswain"))
+            .args(["top", "pods", "-n", NS, "--data"])
+            .arg(&data)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let rows: Vec<Vec<&str>> = text
+            .lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        let shown: BTreeSet<String> = rows.iter().map(|r| r[0].to_owned()).collect();
+        if shown == names {
+            let header: Vec<&str> = text.lines().next().unwrap().split_whitespace().collect();
+            assert_eq!(header, ["NAME", "CPU(cores)", "MEMORY(bytes)"], "{text}");
+            for r in &rows {
+                assert!(r[1].ends_with('m') && r[2].ends_with("Mi"), "{text}");
+            }
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "top never showed the pods {names:?}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
 
     // 2. A changed command rolls out; sampled throughout, Ready pods never drop below
     // replicas - maxUnavailable = 2.

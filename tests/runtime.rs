@@ -215,6 +215,57 @@ fn a_container_keeps_only_stdio_no_new_privs_and_fewer_capabilities() {
 }
 
 #[test]
+fn usage_counts_a_busy_containers_cpu_and_memory() {
+    if !common::require_root("usage_counts_a_busy_containers_cpu_and_memory") {
+        return;
+    }
+    let node = Node::new(false);
+    let sb = node.sandbox("rt-usage", false);
+    // 8 MB held in a shell variable, then a busy loop.
+    let spec = node.spec(
+        "busy",
+        "x=$(head -c 8000000 /dev/zero | tr '\\0' a); echo held; while :; do :; done",
+    );
+    let id = node.rt.start_container(&sb, &spec).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !node.log(&id).contains("held") {
+        assert!(
+            Instant::now() < deadline,
+            "never filled its memory: {}",
+            node.log(&id)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let first = node
+        .rt
+        .usage(&id)
+        .unwrap()
+        .expect("a running container has usage");
+    std::thread::sleep(Duration::from_millis(500));
+    let second = node
+        .rt
+        .usage(&id)
+        .unwrap()
+        .expect("a running container has usage");
+    let burnt = second.cpu_usage_ns - first.cpu_usage_ns;
+    // A busy loop on a 2-core machine gets far more than a tenth of a core in half a second,
+    // even under a parallel test run.
+    assert!(burnt >= 50_000_000, "only {burnt} ns of cpu in 500 ms");
+    assert!(
+        second.memory_bytes >= 8_000_000,
+        "working set {} bytes, yet 8 MB are held",
+        second.memory_bytes
+    );
+    node.rt.kill(&id).unwrap();
+    node.wait_exit(&id, Duration::from_secs(10));
+    assert_eq!(
+        node.rt.usage(&id).unwrap(),
+        None,
+        "an exited container has no usage"
+    );
+}
+
+#[test]
 fn a_memory_limit_ends_in_oom_killed() {
     if !common::require_root("a_memory_limit_ends_in_oom_killed") {
         return;

@@ -190,7 +190,7 @@ fn objects_changed(
 }
 
 /// Every key under `prefix`, all pages, at one revision.
-async fn list_all<K: Kv>(kv: &K, prefix: &str) -> Result<(u64, Vec<KeyValue>)> {
+pub(super) async fn list_all<K: Kv>(kv: &K, prefix: &str) -> Result<(u64, Vec<KeyValue>)> {
     let mut items = Vec::new();
     let mut token: Option<String> = None;
     loop {
@@ -237,7 +237,7 @@ fn pod_sandbox_key(pod: &Pod) -> String {
     )
 }
 
-fn join_err(e: tokio::task::JoinError) -> Error {
+pub(super) fn join_err(e: tokio::task::JoinError) -> Error {
     Error::State {
         path: "agent".into(),
         reason: format!("a blocking runtime call panicked or was cancelled: {e}"),

@@ -261,10 +261,10 @@ impl Probes {
             .liveness_probe
             .as_ref()
             .map(|probe| ProbeTracker::new(probe, started, now, Some(true)));
-        self.readiness = container
-            .readiness_probe
-            .as_ref()
-            .map(|probe| ProbeTracker::new(probe, started, now, Some(ready)));
+        self.readiness = container.readiness_probe.as_ref().map(|probe| {
+            let tracker = ProbeTracker::new(probe, started, now, Some(ready));
+            if ready { tracker } else { tracker.ramp_up() }
+        });
     }
 
     /// Ready as the kubelet means it: started, and the readiness probe (if any) passes.

@@ -355,7 +355,12 @@ pub struct ProbeTracker {
     /// The outcome of the latest run and how many in a row had it.
     last: Option<bool>,
     run: u32,
+    /// Until the first success, the wait after a failure (see [`ProbeTracker::ramp_up`]).
+    ramp: Option<Duration>,
 }
+
+/// The first retry of a readiness probe that failed before it ever passed.
+pub const RAMP_FIRST: Duration = Duration::from_millis(25);
 
 impl ProbeTracker {
     /// A tracker for a container that started at `started`; its first run is due
@@ -377,7 +382,23 @@ impl ProbeTracker {
             result: initial,
             last: None,
             run: 0,
+            ramp: None,
         }
+    }
+
+    /// Until its first success, retries a failed run after [`RAMP_FIRST`], doubling up to
+    /// the period, instead of a whole period later.
+    ///
+    /// Meant for a readiness probe of a container that is not Ready yet: its first run comes
+    /// right after the exec, often before the server listens, and the kubelet would then keep
+    /// the pod unready for a full `periodSeconds` (1 s at least) although it is ready a few
+    /// milliseconds later. A failure there changes nothing (the container is not Ready
+    /// already), so probing sooner costs a handful of extra probes at most (six before the
+    /// ramp reaches a 1 s period) and never an action. Liveness and startup probes keep
+    /// Kubernetes' cadence: their failures count towards a restart.
+    pub fn ramp_up(mut self) -> Self {
+        self.ramp = Some(RAMP_FIRST);
+        self
     }
 
     pub fn is_due(&self, now: Instant) -> bool {
@@ -388,7 +409,14 @@ impl ProbeTracker {
     /// outcome reached a threshold (`Some(true)`: success, `Some(false)`: failure), `None`
     /// while the run is below it or the probe could not run.
     pub fn record(&mut self, outcome: &ProbeOutcome, now: Instant) -> Option<bool> {
-        self.due = now.checked_add(self.timing.period).unwrap_or(now);
+        let mut wait = self.timing.period;
+        if matches!(outcome, ProbeOutcome::Success) {
+            self.ramp = None;
+        } else if let Some(ramp) = self.ramp {
+            wait = ramp.min(wait);
+            self.ramp = Some(ramp.saturating_mul(2)).filter(|r| *r < self.timing.period);
+        }
+        self.due = now.checked_add(wait).unwrap_or(now);
         let ok = match outcome {
             ProbeOutcome::Success => true,
             ProbeOutcome::Failure(_) => false,
@@ -707,6 +735,35 @@ mod tests {
         assert_eq!(p.record(&fail, s(19)), None);
         assert_eq!(p.record(&fail, s(21)), Some(false));
         assert_eq!(p.result, Some(false));
+    }
+
+    #[test]
+    fn a_ramped_readiness_probe_retries_sooner_until_its_first_success() {
+        let t0 = Instant::now();
+        let probe = Probe {
+            period_seconds: Some(1),
+            ..Default::default()
+        };
+        let ms = |n| t0 + Duration::from_millis(n);
+        let fail = ProbeOutcome::Failure("refused".into());
+        let mut p = ProbeTracker::new(&probe, t0, t0, Some(false)).ramp_up();
+        // 25, 50, 100, 200, 400, 800 ms, then the period.
+        let mut now = 0;
+        for wait in [25, 50, 100, 200, 400, 800, 1000, 1000] {
+            p.record(&fail, ms(now));
+            assert_eq!(p.due, ms(now + wait), "after the failure at {now} ms");
+            now += wait;
+        }
+        assert_eq!(p.record(&ProbeOutcome::Success, ms(now)), Some(true));
+        assert_eq!(p.due, ms(now + 1000));
+        // Once it has passed, a failure waits the whole period again.
+        p.record(&fail, ms(now + 1000));
+        assert_eq!(p.due, ms(now + 2000));
+
+        // Without the ramp, Kubernetes' cadence.
+        let mut plain = ProbeTracker::new(&probe, t0, t0, Some(false));
+        plain.record(&fail, t0);
+        assert_eq!(plain.due, ms(1000));
     }
 
     #[test]

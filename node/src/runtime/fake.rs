@@ -23,6 +23,7 @@ use nix::errno::Errno;
 use super::{
     ContainerId, ContainerSpec, ContainerState, ExecOutput, Runtime, Sandbox, SandboxSpec,
 };
+use crate::cgroup::Usage;
 use crate::error::{Error, Result};
 
 const SIGKILL: i32 = 9;
@@ -40,13 +41,14 @@ pub enum Call {
     RemoveContainer(ContainerId),
     Exec(ContainerId, Vec<String>),
     List,
+    Usage(ContainerId),
 }
 
 impl Call {
-    /// Whether the call only reads (`container_state`, `list`): workers poll those freely, so
+    /// Whether the call only reads (`container_state`, `list`, `usage`): workers poll those freely, so
     /// tests about what a worker *did* leave them out ([`FakeRuntime::actions`]).
     pub fn is_read(&self) -> bool {
-        matches!(self, Call::ContainerState(_) | Call::List)
+        matches!(self, Call::ContainerState(_) | Call::List | Call::Usage(_))
     }
 }
 
@@ -54,6 +56,8 @@ impl Call {
 struct FakeContainer {
     spec: ContainerSpec,
     state: ContainerState,
+    /// What `usage` reports while it runs; set by the test.
+    usage: Usage,
 }
 
 /// How an exec of a container (by name) ends.
@@ -171,6 +175,18 @@ impl FakeRuntime {
     /// Ends a running container as the OOM killer does (SIGKILL, 137, `oom_killed`).
     pub fn oom(&self, id: &ContainerId) -> bool {
         self.lock().end(id, 128 + SIGKILL, Some(SIGKILL), true)
+    }
+
+    /// Sets what a container has used so far, as its cgroup would count it. False when the
+    /// fake has no such container.
+    pub fn set_usage(&self, id: &ContainerId, usage: Usage) -> bool {
+        match self.lock().containers.get_mut(id) {
+            Some(c) => {
+                c.usage = usage;
+                true
+            }
+            None => false,
+        }
     }
 
     /// Makes the next start of the container `name` fail with `message`.
@@ -303,6 +319,7 @@ impl Runtime for FakeRuntime {
             FakeContainer {
                 spec: spec.clone(),
                 state: ContainerState::Running { pid, started_at },
+                usage: Usage::default(),
             },
         );
         Ok(id)
@@ -399,6 +416,15 @@ impl Runtime for FakeRuntime {
                 (sb.clone(), ids)
             })
             .collect())
+    }
+
+    fn usage(&self, id: &ContainerId) -> Result<Option<Usage>> {
+        let mut s = self.lock();
+        s.calls.push(Call::Usage(id.clone()));
+        Ok(s.containers
+            .get(id)
+            .filter(|c| matches!(c.state, ContainerState::Running { .. }))
+            .map(|c| c.usage))
     }
 
     fn log_path(&self, id: &ContainerId) -> PathBuf {

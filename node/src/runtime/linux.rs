@@ -34,7 +34,7 @@ use super::{
     ContainerId, ContainerSpec, ContainerState, EXEC_OUTPUT_LIMIT, ExecOutput, Runtime, Sandbox,
     SandboxSpec, rootfs,
 };
-use crate::cgroup::{Cgroup, Resources};
+use crate::cgroup::{Cgroup, Resources, Usage};
 use crate::error::{Error, Result};
 use crate::ipam::Pool;
 use crate::net::{Bridge, BridgeConfig, host_if_name};
@@ -694,6 +694,19 @@ impl Runtime for LinuxRuntime {
         }
         out.sort_by(|a, b| a.0.key.cmp(&b.0.key));
         Ok(out)
+    }
+
+    fn usage(&self, id: &ContainerId) -> Result<Option<Usage>> {
+        let Some(rec) = self.read_container(id)? else {
+            return Ok(None);
+        };
+        // Only a live container is read: an exited one is about to be removed, and opening
+        // its cgroup here would race that removal. A container that ends between this check
+        // and the read fails the read ("no longer exists"), which the caller skips.
+        if self.container_dir(id).join("exit.json").exists() || !alive(rec.pid, rec.start_ticks) {
+            return Ok(None);
+        }
+        self.with_cgroup(&container_cgroup(id), Cgroup::usage)
     }
 
     fn log_path(&self, id: &ContainerId) -> PathBuf {

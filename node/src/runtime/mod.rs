@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::cgroup::Resources;
+use crate::cgroup::{Resources, Usage};
 use crate::error::Result;
 
 /// What a pod sandbox is made of: the namespaces its containers share, its cgroup and, unless
@@ -184,6 +184,9 @@ pub trait Runtime: Send + Sync + fmt::Debug {
     fn list(&self) -> Result<Vec<(Sandbox, Vec<ContainerId>)>>;
     /// The log file of a container.
     fn log_path(&self, id: &ContainerId) -> PathBuf;
+    /// What a running container has used so far (cpu time and working set, from its
+    /// cgroup); `None` when it is not running.
+    fn usage(&self, id: &ContainerId) -> Result<Option<Usage>>;
 }
 
 /// The sandbox key of a pod: `<namespace>_<name>_<uid>` as the kubelet names pod directories
