@@ -90,7 +90,10 @@ cmd_run() {
     install_deps
     pick_target_dir
     log "building coxswain"
-    cargo build --release --locked --bin coxswain
+    # --workspace: the features every crate is built with are then those of the whole
+    # workspace, as in `cargo build --release --workspace --bins` for the benchmarks, so the
+    # two share one build (otherwise RocksDB alone is compiled twice, 35 minutes each here).
+    cargo build --release --locked --workspace --bin coxswain
     busybox_image "$TARGET_DIR/release/coxswain"
     log "coxswain validate examples-repo"
     "$TARGET_DIR/release/coxswain" validate examples-repo

@@ -20,6 +20,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::common::{bar, ms};
+use crate::rss::Rss;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -50,7 +51,7 @@ struct Report {
     commit_to_all_ready_ms: Stats,
     target_p50_ms: f64,
     kubernetes_pod_startup_slo_p99_ms: f64,
-    idle_rss_mib: f64,
+    idle_rss: Rss,
     target_idle_rss_mib: f64,
 }
 
@@ -209,18 +210,6 @@ async fn wait_pods(
     }
 }
 
-fn rss_mib(pid: u32) -> anyhow::Result<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("reading /proc/{pid}/status"))?;
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .context("no VmRSS in /proc/PID/status")?;
-    Ok(kb / 1024.0)
-}
-
 pub fn run(args: &Args) -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!(
@@ -236,7 +225,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     };
     if !binary.is_file() {
         bail!(
-            "{} is missing: build it with cargo build --release --bin coxswain (or pass --coxswain)",
+            "{} is missing: build it with cargo build --release --workspace --bins (or pass --coxswain)",
             binary.display()
         );
     }
@@ -316,7 +305,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     pb.finish_and_clear();
     // The pods' processes go a moment after their objects; let the agent settle.
     std::thread::sleep(Duration::from_secs(3));
-    let idle_rss_mib = rss_mib(up.child.id())?;
+    let idle_rss = Rss::of(up.child.id())?;
     up.stop()?;
 
     let report = Report {
@@ -331,7 +320,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         commit_to_all_ready_ms: stats(times),
         target_p50_ms: TARGET_P50_MS,
         kubernetes_pod_startup_slo_p99_ms: K8S_POD_STARTUP_SLO_MS,
-        idle_rss_mib,
+        idle_rss,
         target_idle_rss_mib: TARGET_IDLE_RSS_MIB,
     };
     if args.json {
@@ -349,8 +338,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         s.p50, s.p99, s.min, s.max, report.target_p50_ms, report.kubernetes_pod_startup_slo_p99_ms
     );
     println!(
-        "  coxswain up idle RSS {:.1} MiB  (target ≤ {:.0} MiB)",
-        report.idle_rss_mib, report.target_idle_rss_mib
+        "  coxswain up idle RSS {}  (target ≤ {:.0} MiB)",
+        report.idle_rss.describe(),
+        report.target_idle_rss_mib
     );
     Ok(())
 }

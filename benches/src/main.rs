@@ -6,6 +6,7 @@ mod common;
 mod e2e;
 mod generate;
 mod pods;
+mod rss;
 mod schedule;
 mod store;
 mod sync;

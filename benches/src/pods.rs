@@ -3,12 +3,15 @@
 //! busybox `httpd`), beside `runc run` of the same busybox rootfs and a bare `unshare`, run in
 //! the same process on the same machine.
 //!
-//! The node agent that watches the store does not exist yet, so a "pod start" here is what the
-//! agent will do per bound pod once it has seen it: `run_sandbox` then `start_container` on
-//! [`LinuxRuntime`]. The clock starts just before `run_sandbox`; "exec'd" is when
-//! `start_container` returns (the runtime returns once the container's process has exec'd);
-//! "Ready" is when a TCP connect to the pod IP's port 8080 first succeeds, which is what a
-//! `tcpSocket` readiness probe would see. Timings are printed, never asserted.
+//! A "pod start" here is what the agent does per bound pod once it has seen it:
+//! `run_sandbox` then `start_container` on [`LinuxRuntime`]. The clock starts just before
+//! `run_sandbox`; "exec'd" is when `start_container` returns (the runtime returns once the
+//! container's process has exec'd); "Ready" is when a TCP connect to the pod IP's port 8080
+//! first succeeds, which is what a `tcpSocket` readiness probe would see. Timings are printed,
+//! never asserted.
+//!
+//! Last, the idle RSS of a real `coxswain agent`: a one-member `coxswain server` and an agent
+//! registered with it, with no pod, measured a few seconds after registration.
 //!
 //! Everything the run creates is its own (a temp state dir, a bridge and pod CIDR named after
 //! the process id, runc's state in a temp dir) and is removed at the end by drop guards, also
@@ -34,6 +37,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::common::{bar, ms};
+use crate::rss::Rss;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -105,6 +109,8 @@ struct Report {
     runc: Peer,
     unshare: Peer,
     launcher_rss: Option<LauncherRss>,
+    agent_idle_rss: Rss,
+    target_agent_rss_mib: f64,
 }
 
 /// Latency figures of one kind of sample.
@@ -163,7 +169,7 @@ struct Peer {
 
 #[derive(Debug, Serialize)]
 struct LauncherRss {
-    /// What this is: the launcher, not the agent, which does not exist yet.
+    /// What this is: the launcher, one part of the agent (the agent is measured apart).
     what: &'static str,
     pid: u32,
     /// `VmRSS` once every pod is stopped.
@@ -413,7 +419,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     };
     if !launcher.is_file() {
         bail!(
-            "the launcher {} is missing: build it with cargo build --release --bin coxswain \
+            "the launcher {} is missing: build it with cargo build --release --workspace --bins \
              (or point --coxswain at a coxswain binary)",
             launcher.display()
         );
@@ -475,6 +481,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let stop_failures = std::mem::take(&mut *node.stop_failures());
     drop(node);
 
+    let agent_idle_rss = agent_idle_rss(&launcher, hidden)?;
+
     let exec = stats(exec);
     let runc = runc_peer(&busybox, plan.peer_runs, exec.p50_ms, hidden)?;
     let unshare = unshare_peer(plan.peer_runs, exec.p50_ms, hidden)?;
@@ -502,7 +510,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                    cgroups; a veth on the bridge with the pod IP and its route) then \
                    start_container (container cgroup with cpu, memory and pids settings, overlay \
                    root, /proc /dev /sys, capabilities, exec of busybox httpd), on LinuxRuntime \
-                   as the agent will call it per bound pod; the agent itself does not exist yet",
+                   as the agent calls it per bound pod",
         first_pod_ms: ms(first_pod),
         latency: Latency {
             start_to_exec: exec,
@@ -527,6 +535,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         runc,
         unshare,
         launcher_rss,
+        agent_idle_rss,
+        target_agent_rss_mib: TARGET_AGENT_RSS_MIB,
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -581,6 +591,97 @@ fn starts_parallel(node: &Node, pods: usize, pb: &ProgressBar) -> anyhow::Result
         node.wait_ready(pod)?;
     }
     Ok(took)
+}
+
+/// Kills and reaps a child process on drop, so a failed step leaves no server or agent.
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(i32::try_from(self.0.id()).unwrap_or(i32::MAX)),
+            nix::sys::signal::Signal::SIGINT,
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits for a line of `child`'s stdout that starts with `prefix`.
+fn wait_line(child: &mut std::process::Child, prefix: &str) -> anyhow::Result<String> {
+    use std::io::BufRead as _;
+    let out = child
+        .stdout
+        .take()
+        .context("the child's stdout is not piped")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let wanted = prefix.to_owned();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if line.starts_with(&wanted) {
+                let _ = tx.send(line);
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(30))
+        .map_err(|_| anyhow!("no line starting {prefix:?} within 30 s"))
+}
+
+/// The idle RSS of `coxswain agent`: a one-member `coxswain server` in a temp dir, and an
+/// agent (own state dir, bridge and pod CIDR) registered with it and running no pod.
+fn agent_idle_rss(coxswain: &Path, hidden: bool) -> anyhow::Result<Rss> {
+    const TOKEN: &str = "bench-agent-token";
+    let pb = bar(1, "agent idle RSS", hidden);
+    let dir = tempfile::tempdir().context("making a temp dir")?;
+    let mut server = Command::new(coxswain);
+    server
+        .args([
+            "server",
+            "--id",
+            "1",
+            "--listen",
+            "127.0.0.1:0",
+            "--token",
+            TOKEN,
+            "--data",
+        ])
+        .arg(dir.path().join("data"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut server = ChildGuard(server.spawn().context("starting coxswain server")?);
+    let line = wait_line(&mut server.0, "coxswain server: member 1 listening on ")?;
+    let address = line.rsplit(' ').next().unwrap_or_default().to_owned();
+
+    let pid = std::process::id();
+    let bridge = format!("cxa{}", pid % 10_000);
+    let _bridge = BridgeGuard(bridge.clone());
+    let mut agent = Command::new(coxswain);
+    agent
+        .args(["agent", "--server", &address, "--token", TOKEN])
+        .args(["--name", &format!("bench-agent-{pid}"), "--bridge", &bridge])
+        .args(["--pod-cidr", &format!("10.125.{}.0/24", pid % 250)])
+        .arg("--state-dir")
+        .arg(dir.path().join("node"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut agent = ChildGuard(agent.spawn().context("starting coxswain agent")?);
+    wait_line(&mut agent.0, "coxswain agent: node ")?;
+    // Registration, the first heartbeat and the first (empty) usage sample happen at once;
+    // what is left is the idle loop.
+    std::thread::sleep(Duration::from_secs(5));
+    let rss = Rss::of(agent.0.id())?;
+    pb.inc(1);
+    pb.finish_and_clear();
+    drop(agent);
+    drop(server);
+    Ok(rss)
 }
 
 /// The launcher: the child of this process started with [`launcher::ARG`].
@@ -822,8 +923,8 @@ fn print_text(r: &Report) {
         println!("(a debug build: these figures are not the product's; run a release build)");
     }
     println!(
-        "The node agent that watches the store does not exist yet: a pod start here is the \
-         runtime path it will run per bound pod, timed from just before run_sandbox."
+        "A pod start here is the runtime path the node agent runs per bound pod, timed from \
+         just before run_sandbox."
     );
     println!("image {}; launcher {}", r.image, r.launcher);
     println!();
@@ -922,6 +1023,12 @@ fn print_text(r: &Report) {
             None,
         ),
     }
+    row(
+        "coxswain agent idle RSS",
+        r.agent_idle_rss.describe(),
+        &format!("≤ {:.0} MiB", r.target_agent_rss_mib),
+        Some(r.agent_idle_rss.rss_mib <= r.target_agent_rss_mib),
+    );
     println!();
     println!(
         "pod start: {}. {} pods one after another, each waited for until Ready before the \
@@ -973,8 +1080,8 @@ fn print_text(r: &Report) {
         println!(
             "launcher RSS: VmRSS of pid {} (the `coxswain {}` child of this bench) once every pod \
              is stopped; its peak over the run was {:.1} MiB. It is one part of the agent, not \
-             the agent, so it is not compared with the agent's target; this bench's own RSS is \
-             not the agent's either and is not reported.",
+             the agent, so it is not compared with the agent's target; the agent's own idle RSS \
+             is measured on a real `coxswain agent` process at the end.",
             rss.pid,
             launcher::ARG,
             rss.peak_kib as f64 / 1024.0
