@@ -130,6 +130,8 @@ cmd_test() {
     log "coxswain-bench schedule --quick (smoke run)"
     "$TARGET_DIR/debug/coxswain-bench" schedule --quick
     if [ "$(id -u)" -eq 0 ]; then
+        log "coxswain-bench pods --quick (smoke run, beside runc and unshare)"
+        "$TARGET_DIR/debug/coxswain-bench" pods --quick
         log "coxswain-bench e2e --quick (smoke run, through coxswain up)"
         "$TARGET_DIR/debug/coxswain-bench" e2e --quick
     fi
