@@ -156,6 +156,15 @@ pub async fn run<K: Kv + 'static>(
             }
             batch = cm_watch.recv() => objects_changed(batch, &objects, &workers)?,
             batch = secret_watch.recv() => objects_changed(batch, &objects, &workers)?,
+            // A JoinSet keeps every finished task until it is joined: without this, each
+            // pod that ever ran here would stay in memory until the agent stops.
+            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                if let Err(e) = done
+                    && e.is_panic()
+                {
+                    tracing::error!(error = %e, "a pod worker panicked");
+                }
+            }
         }
     }
     // Closing the channels tells each worker the agent is stopping; it returns after the
