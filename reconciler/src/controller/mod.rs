@@ -53,7 +53,7 @@
 //! Controllers never delete or change the spec of a Git-owned object ([`is_git_owned`]);
 //! pruning those is the syncer's job.
 //!
-//! ```ignore
+//! ```text
 //! let mut manager = Manager::new(Arc::new(member.clone()), ManagerConfig::default());
 //! manager.add(ReplicaSetController::default());
 //! manager.add(GarbageCollector::default());
