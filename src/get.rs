@@ -35,6 +35,13 @@ pub struct Args {
     /// wide (more columns), json or yaml (a List object).
     #[arg(short, long, value_enum)]
     output: Option<Output>,
+    #[command(flatten)]
+    from: Endpoint,
+}
+
+/// Which running coxswain a reading command (`get`, `top`) asks.
+#[derive(Debug, clap::Args)]
+pub struct Endpoint {
     /// A store member to read from (host:port of `coxswain server` or `coxswain up`).
     #[arg(long, conflicts_with = "data")]
     server: Option<String>,
@@ -155,29 +162,32 @@ fn read_endpoint(data: &Path) -> anyhow::Result<(String, String)> {
     }
 }
 
-/// The address and token to read from: `--data`'s running coxswain, else `--server` with
-/// `--token`; with neither, a `coxswain up` of this folder is the one asked.
-pub fn endpoint(
-    data: Option<&Path>,
-    server: Option<&str>,
-    token: Option<&str>,
-) -> anyhow::Result<(String, String)> {
-    let local = Path::new(LOCAL_DATA);
-    let data = match (data, server) {
-        (None, None) if local.join(ENDPOINT_FILE).exists() => Some(local),
-        (data, _) => data,
-    };
-    match data {
-        Some(data) => {
-            let (address, stored) = read_endpoint(data)?;
-            Ok((address, token.map_or(stored, str::to_owned)))
+impl Endpoint {
+    /// The address and token to read from: `--data`'s running coxswain, else `--server`
+    /// with `--token`; with neither, a `coxswain up` of this folder is the one asked.
+    pub fn resolve(&self) -> anyhow::Result<(String, String)> {
+        let (data, server, token) = (
+            self.data.as_deref(),
+            self.server.as_deref(),
+            self.token.as_deref(),
+        );
+        let local = Path::new(LOCAL_DATA);
+        let data = match (data, server) {
+            (None, None) if local.join(ENDPOINT_FILE).exists() => Some(local),
+            (data, _) => data,
+        };
+        match data {
+            Some(data) => {
+                let (address, stored) = read_endpoint(data)?;
+                Ok((address, token.map_or(stored, str::to_owned)))
+            }
+            None => Ok((
+                server.unwrap_or("127.0.0.1:7400").to_owned(),
+                token
+                    .context("a token is needed: pass --token, set COXSWAIN_TOKEN or use --data")?
+                    .to_owned(),
+            )),
         }
-        None => Ok((
-            server.unwrap_or("127.0.0.1:7400").to_owned(),
-            token
-                .context("a token is needed: pass --token, set COXSWAIN_TOKEN or use --data")?
-                .to_owned(),
-        )),
     }
 }
 
@@ -200,11 +210,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         }
         kinds
     };
-    let (address, token) = endpoint(
-        args.data.as_deref(),
-        args.server.as_deref(),
-        args.token.as_deref(),
-    )?;
+    let (address, token) = args.from.resolve()?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -257,6 +263,15 @@ async fn list<K: Kv>(
         (true, Some(ns)) => format!("{}{ns}/", kind.prefix()),
         _ => kind.prefix().to_owned(),
     };
+    list_under(kv, &prefix, name).await
+}
+
+/// The object `prefix` + `name`, or every object under `prefix` (linearizable, paged by 500).
+pub(crate) async fn list_under<K: Kv>(
+    kv: &K,
+    prefix: &str,
+    name: Option<&str>,
+) -> anyhow::Result<Vec<Value>> {
     if let Some(name) = name {
         let (_, kv_item) = kv
             .get(&format!("{prefix}{name}"), Consistency::Linearizable)
@@ -267,7 +282,7 @@ async fn list<K: Kv>(
     let mut token: Option<String> = None;
     loop {
         let page = kv
-            .list(&prefix, 500, token.as_deref(), Consistency::Linearizable)
+            .list(prefix, 500, token.as_deref(), Consistency::Linearizable)
             .await?;
         items.extend(page.items.into_iter().map(|kv| kv.value));
         match page.continue_token {

@@ -3,16 +3,15 @@
 //! printed with `kubectl top pod`'s columns and units (cpu in millicores, rounded up;
 //! memory in Mi).
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use coxswain_node::agent::metrics::PREFIX;
 use coxswain_schema::quantity::Quantity;
-use coxswain_store::{Client, Consistency, Kv};
+use coxswain_store::{Client, Kv};
 use serde_json::Value;
 
-use crate::get::{align, endpoint};
+use crate::get::{Endpoint, align, list_under};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -34,15 +33,8 @@ pub struct Args {
     /// One line per container instead of per pod.
     #[arg(long)]
     containers: bool,
-    /// A store member to read from (host:port of `coxswain server` or `coxswain up`).
-    #[arg(long, conflicts_with = "data")]
-    server: Option<String>,
-    /// The data folder of a running coxswain: its address and token are read from there.
-    #[arg(long)]
-    data: Option<PathBuf>,
-    /// The cluster's shared token (or set COXSWAIN_TOKEN); not needed with --data.
-    #[arg(long, env = "COXSWAIN_TOKEN", hide_env_values = true)]
-    token: Option<String>,
+    #[command(flatten)]
+    from: Endpoint,
 }
 
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
@@ -55,11 +47,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             args.resource
         );
     }
-    let (address, token) = endpoint(
-        args.data.as_deref(),
-        args.server.as_deref(),
-        args.token.as_deref(),
-    )?;
+    let (address, token) = args.from.resolve()?;
     let namespace = (!args.all_namespaces).then_some(args.namespace.as_str());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -94,24 +82,7 @@ async fn read<K: Kv>(
         Some(ns) => format!("{PREFIX}{ns}/"),
         None => PREFIX.to_owned(),
     };
-    if let Some(name) = name {
-        let (_, item) = kv
-            .get(&format!("{prefix}{name}"), Consistency::Linearizable)
-            .await?;
-        return Ok(item.map(|kv| kv.value).into_iter().collect());
-    }
-    let mut items = Vec::new();
-    let mut token: Option<String> = None;
-    loop {
-        let page = kv
-            .list(&prefix, 500, token.as_deref(), Consistency::Linearizable)
-            .await?;
-        items.extend(page.items.into_iter().map(|kv| kv.value));
-        match page.continue_token {
-            Some(t) => token = Some(t),
-            None => return Ok(items),
-        }
-    }
+    list_under(kv, &prefix, name).await
 }
 
 /// One container's usage: millicores (rounded up, as kubectl's `MilliValue`) and bytes.

@@ -1,9 +1,12 @@
-//! Small pieces every benchmark uses: milliseconds for reports, the progress bar, and the
-//! list of files a generated repository holds.
+//! Small pieces every benchmark uses: milliseconds for reports, the progress bar, the list
+//! of files a generated repository holds, and waiting for a started server's line.
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
+use std::process::Child;
 use std::time::Duration;
 
+use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 
 pub fn ms(d: Duration) -> f64 {
@@ -41,4 +44,32 @@ pub fn files_under(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     }
     out.sort();
     Ok(out)
+}
+
+/// Reads the server's stdout until a line containing `want`; returns the address from its
+/// "listening on ADDR" line.
+pub fn wait_line(child: &mut Child, want: &str) -> anyhow::Result<String> {
+    let out = child.stdout.take().context("no stdout")?;
+    let mut reader = BufReader::new(out);
+    let mut line = String::new();
+    let mut addr = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            bail!("server exited before printing {want:?}");
+        }
+        if let Some((_, a)) = line.trim().split_once("listening on ") {
+            addr = a.to_string();
+        }
+        if line.contains(want) {
+            // Keep draining so the server never blocks on a full pipe.
+            std::thread::spawn(move || {
+                let mut sink = String::new();
+                while reader.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
+                    sink.clear();
+                }
+            });
+            return Ok(addr);
+        }
+    }
 }

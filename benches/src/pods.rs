@@ -36,8 +36,9 @@ use indicatif::ProgressBar;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::common::{bar, ms};
+use crate::common::{bar, ms, wait_line};
 use crate::rss::Rss;
+use crate::store::{TOKEN, start_coxswain};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -593,7 +594,8 @@ fn starts_parallel(node: &Node, pods: usize, pb: &ProgressBar) -> anyhow::Result
     Ok(took)
 }
 
-/// Kills and reaps a child process on drop, so a failed step leaves no server or agent.
+/// Stops (SIGINT, then SIGKILL after 10 s) and reaps a child on drop, so a failed step
+/// leaves no agent behind.
 struct ChildGuard(std::process::Child);
 
 impl Drop for ChildGuard {
@@ -614,50 +616,13 @@ impl Drop for ChildGuard {
     }
 }
 
-/// Waits for a line of `child`'s stdout that starts with `prefix`.
-fn wait_line(child: &mut std::process::Child, prefix: &str) -> anyhow::Result<String> {
-    use std::io::BufRead as _;
-    let out = child
-        .stdout
-        .take()
-        .context("the child's stdout is not piped")?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    let wanted = prefix.to_owned();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-            if line.starts_with(&wanted) {
-                let _ = tx.send(line);
-            }
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(30))
-        .map_err(|_| anyhow!("no line starting {prefix:?} within 30 s"))
-}
-
 /// The idle RSS of `coxswain agent`: a one-member `coxswain server` in a temp dir, and an
 /// agent (own state dir, bridge and pod CIDR) registered with it and running no pod.
 fn agent_idle_rss(coxswain: &Path, hidden: bool) -> anyhow::Result<Rss> {
-    const TOKEN: &str = "bench-agent-token";
     let pb = bar(1, "agent idle RSS", hidden);
     let dir = tempfile::tempdir().context("making a temp dir")?;
-    let mut server = Command::new(coxswain);
-    server
-        .args([
-            "server",
-            "--id",
-            "1",
-            "--listen",
-            "127.0.0.1:0",
-            "--token",
-            TOKEN,
-            "--data",
-        ])
-        .arg(dir.path().join("data"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    let mut server = ChildGuard(server.spawn().context("starting coxswain server")?);
-    let line = wait_line(&mut server.0, "coxswain server: member 1 listening on ")?;
-    let address = line.rsplit(' ').next().unwrap_or_default().to_owned();
+    let server = start_coxswain(coxswain, dir.path(), 1)?;
+    let address = server.addrs.first().cloned().unwrap_or_default();
 
     let pid = std::process::id();
     let bridge = format!("cxa{}", pid % 10_000);

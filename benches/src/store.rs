@@ -7,7 +7,7 @@
 //! one, and Debian's `etcd`), and both are driven over loopback, so the comparison is
 //! process to process.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -17,6 +17,8 @@ use anyhow::{Context, bail};
 use coxswain_store::{Client, Kv, Txn};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
+
+use crate::common::wait_line;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -73,9 +75,9 @@ struct Memory {
 }
 
 /// Child processes that are killed when dropped, so a failed run leaves no server behind.
-struct Servers {
+pub(crate) struct Servers {
     children: Vec<Child>,
-    addrs: Vec<String>,
+    pub(crate) addrs: Vec<String>,
 }
 
 impl Drop for Servers {
@@ -110,44 +112,16 @@ fn coxswain_binary() -> anyhow::Result<PathBuf> {
     )
 }
 
-const TOKEN: &str = "bench-token";
+pub(crate) const TOKEN: &str = "bench-token";
 
-/// Reads the server's stdout until a line containing `want`; returns the address from its
-/// "listening on ADDR" line.
-fn wait_line(child: &mut Child, want: &str) -> anyhow::Result<String> {
-    let out = child.stdout.take().context("no stdout")?;
-    let mut reader = BufReader::new(out);
-    let mut line = String::new();
-    let mut addr = String::new();
-    loop {
-        line.clear();
-        if reader.read_line(&mut line)? == 0 {
-            bail!("server exited before printing {want:?}");
-        }
-        if let Some((_, a)) = line.trim().split_once("listening on ") {
-            addr = a.to_string();
-        }
-        if line.contains(want) {
-            // Keep draining so the server never blocks on a full pipe.
-            std::thread::spawn(move || {
-                let mut sink = String::new();
-                while reader.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
-                    sink.clear();
-                }
-            });
-            return Ok(addr);
-        }
-    }
-}
-
-fn start_coxswain(dir: &Path, members: usize) -> anyhow::Result<Servers> {
-    let bin = coxswain_binary()?;
+/// `members` coxswain servers of `bin` under `dir`, killed when dropped.
+pub(crate) fn start_coxswain(bin: &Path, dir: &Path, members: usize) -> anyhow::Result<Servers> {
     let mut servers = Servers {
         children: Vec::new(),
         addrs: Vec::new(),
     };
     for id in 1..=members {
-        let mut cmd = Command::new(&bin);
+        let mut cmd = Command::new(bin);
         cmd.args(["server", "--id", &id.to_string(), "--listen", "127.0.0.1:0"])
             .arg("--data")
             .arg(dir.join(format!("cox-{members}-{id}")))
@@ -457,7 +431,7 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
     for &members in &[1usize, 3] {
         for &system in &systems {
             let servers = match system {
-                "coxswain" => start_coxswain(tmp.path(), members)?,
+                "coxswain" => start_coxswain(&coxswain_binary()?, tmp.path(), members)?,
                 _ => start_etcd(tmp.path(), members)?,
             };
             let target = connect(system, &servers).await?;
@@ -486,7 +460,7 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
     let mut memory = Vec::new();
     for &system in &systems {
         let servers = match system {
-            "coxswain" => start_coxswain(tmp.path(), 1)?,
+            "coxswain" => start_coxswain(&coxswain_binary()?, tmp.path(), 1)?,
             _ => start_etcd(tmp.path(), 1)?,
         };
         let target = connect(system, &servers).await?;

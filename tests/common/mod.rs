@@ -6,19 +6,10 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-/// True when the test may run. Not root: skipped with a reason, except in CI, which runs
-/// as root, so a skip there is a failure rather than a pass.
-pub fn require_root(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{test} needs root, and CI runs as root: refusing to skip"
-    );
-    eprintln!("skipped {test}: needs root (run the suite as root to include it)");
-    false
-}
+// One rule for every root-only test, in this crate and in the node crate.
+#[path = "../../node/tests/support/mod.rs"]
+mod support;
+pub use support::require_root;
 
 /// Kills what a test's pods left behind and removes its bridge, also when the test panics:
 /// pod processes outlive their agent by design, so a failed run would otherwise leave a

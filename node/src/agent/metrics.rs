@@ -216,19 +216,12 @@ pub async fn run<K: Kv + 'static>(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
     let mut sampler = Sampler::new(node.clone());
+    let label = format!("/metadata/labels/{}", NODE_LABEL.replace('/', "~1"));
     match list_all(kv.as_ref(), PREFIX).await {
         Ok((_, items)) => sampler.adopt_written(
             items
                 .into_iter()
-                .filter(|kv| {
-                    kv.value
-                        .pointer(&format!(
-                            "/metadata/labels/{}",
-                            NODE_LABEL.replace('/', "~1")
-                        ))
-                        .and_then(Value::as_str)
-                        == Some(node.as_str())
-                })
+                .filter(|kv| kv.value.pointer(&label).and_then(Value::as_str) == Some(&node))
                 .map(|kv| kv.key),
         ),
         Err(e) => tracing::warn!(error = %e, "listing earlier pod metrics"),

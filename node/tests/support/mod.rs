@@ -1,4 +1,4 @@
-//! Shared by the node crate's integration tests.
+//! Shared by the node crate's integration tests, and by the root crate's (`tests/common`).
 
 /// Whether this test may do what needs root. Without root it prints why it skips and returns
 /// false; under CI (`CI=true`, where tests run as root) a missing root is a failure, so a
