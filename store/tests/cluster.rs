@@ -462,8 +462,18 @@ async fn a_member_back_on_an_empty_disk_without_join_stays_apart_from_the_old_cl
     // bootstrapping a new one-member cluster at the old address.
     let l = leader_index(&members).await.unwrap();
     let v = (l + 1) % 3;
+    // A crashed process writes nothing more; an in-process member's Raft core would go on
+    // (elections write the vote), so it is shut down before its disk is wiped, and the wipe
+    // is retried while RocksDB finishes closing its files.
+    let crashed = members[v].member().clone();
     members[v].kill().await;
-    std::fs::remove_dir_all(&members[v].dir).unwrap();
+    crashed.shutdown().await.unwrap();
+    drop(crashed);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while let Err(e) = std::fs::remove_dir_all(&members[v].dir) {
+        assert!(std::time::Instant::now() < deadline, "wiping the disk: {e}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     std::fs::create_dir_all(&members[v].dir).unwrap();
     members[v].start(true).await;
     let imposter = members[v].member().clone();
