@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use rocksdb::{ColumnFamilyDescriptor, DB, Options};
+use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, Options};
 
 use crate::error::{Error, Result};
 
@@ -21,22 +21,35 @@ pub const CF_SM_META: &str = "sm_meta";
 
 const CFS: [&str; 5] = [CF_LOGS, CF_LOG_META, CF_KV, CF_HISTORY, CF_SM_META];
 
+/// The memtable budget for all column families together. RocksDB's default is 64 MiB per
+/// family; five of those would be most of the memory the store may use (the target is well
+/// under etcd's footprint). A full budget flushes the largest family, so a small one costs
+/// more, smaller flushes, which the two background jobs keep up with.
+const MEMTABLE_BUDGET: usize = 8 << 20;
+/// One family's memtable before it is flushed on its own.
+const MEMTABLE_PER_FAMILY: usize = 4 << 20;
+/// One block cache for all families. Without it each family's table factory makes its own
+/// 32 MiB cache, and reads of flushed data can fill all five: up to 160 MiB kept while idle.
+/// Recent objects are read from the memtables, so a small cache loses little.
+const BLOCK_CACHE: usize = 8 << 20;
+
 /// Opens (or creates) the database under `dir`.
 pub fn open(dir: &Path) -> Result<Arc<DB>> {
     let mut opts = Options::default();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
-    // One memtable budget for all column families: the store has to stay small (the target
-    // is well under etcd's footprint), and RocksDB's default of 64 MiB per family, times
-    // five, would be most of it.
-    opts.set_db_write_buffer_size(32 << 20);
+    opts.set_db_write_buffer_size(MEMTABLE_BUDGET);
     opts.set_max_background_jobs(2);
     opts.set_keep_log_file_num(3);
     // fsyncs are ours to decide (see log_store.rs); these keep RocksDB from adding more.
     opts.set_use_fsync(false);
+    let cache = Cache::new_lru_cache(BLOCK_CACHE);
     let cf_opts = |_: &str| {
+        let mut table = BlockBasedOptions::default();
+        table.set_block_cache(&cache);
         let mut o = Options::default();
-        o.set_write_buffer_size(8 << 20);
+        o.set_write_buffer_size(MEMTABLE_PER_FAMILY);
+        o.set_block_based_table_factory(&table);
         o
     };
     let cfs = CFS
