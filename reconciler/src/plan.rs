@@ -59,6 +59,15 @@ pub struct Desired {
     /// The object as JSON, as Git wrote it, with `metadata.namespace` filled in (`default`)
     /// for namespaced kinds that left it out. No ownership marks yet.
     pub value: Value,
+    /// Its kind, namespace (`None` for cluster-scoped kinds) and name, kept apart from
+    /// `value` for the note's object list, which every applied commit lists in full.
+    /// Not serialized: `value` says the same.
+    #[serde(skip)]
+    pub kind: String,
+    #[serde(skip)]
+    pub namespace: Option<String>,
+    #[serde(skip)]
+    pub name: String,
 }
 
 impl Desired {
@@ -84,6 +93,9 @@ impl Desired {
             key,
             file: file.to_string(),
             value,
+            kind: info.kind.to_string(),
+            namespace: namespace.map(str::to_string),
+            name: meta.name.clone(),
         })
     }
 }
@@ -211,14 +223,35 @@ pub fn plan_settled<D: Borrow<Desired>>(
 ) -> Plan {
     let _span =
         tracing::debug_span!("plan", desired = desired.len(), owned = owned.len()).entered();
-    let mut wanted: BTreeMap<&str, &Desired> = BTreeMap::new();
-    for d in desired {
-        let d = d.borrow();
-        wanted.entry(d.key.as_str()).or_insert(d);
-    }
+    // One object per key, in key order: the first of a key wins. The sync passes its
+    // desired set sorted and without duplicates (`sorted_by_key`); that is checked in one
+    // pass, which saves building a map of every object for every commit.
+    let wanted: Vec<&Desired> = if desired
+        .windows(2)
+        .all(|w| w[0].borrow().key < w[1].borrow().key)
+    {
+        desired.iter().map(Borrow::borrow).collect()
+    } else {
+        let mut by_key: BTreeMap<&str, &Desired> = BTreeMap::new();
+        for d in desired {
+            let d = d.borrow();
+            by_key.entry(d.key.as_str()).or_insert(d);
+        }
+        by_key.into_values().collect()
+    };
     let mut out = Plan::default();
-    for (key, d) in &wanted {
-        let Some(stored) = owned.get(*key) else {
+    // Both sides are in key order, so one merge pass pairs them without a lookup per
+    // object; stored keys passed over are the deletes, in key order.
+    let mut stored_objects = owned.iter().peekable();
+    for d in wanted {
+        let key = d.key.as_str();
+        while let Some((gone, stored)) = stored_objects.next_if(|(k, _)| k.as_str() < key) {
+            out.deletes.push(Delete {
+                key: gone.clone(),
+                before: stored.clone(),
+            });
+        }
+        let Some((_, stored)) = stored_objects.next_if(|(k, _)| k.as_str() == key) else {
             out.creates.push(Create {
                 key: d.key.clone(),
                 file: d.file.clone(),
@@ -245,13 +278,11 @@ pub fn plan_settled<D: Borrow<Desired>>(
             });
         }
     }
-    for (key, stored) in owned {
-        if !wanted.contains_key(key.as_str()) {
-            out.deletes.push(Delete {
-                key: key.clone(),
-                before: stored.clone(),
-            });
-        }
+    for (gone, stored) in stored_objects {
+        out.deletes.push(Delete {
+            key: gone.clone(),
+            before: stored.clone(),
+        });
     }
     tracing::debug!(
         creates = out.creates.len(),
@@ -592,6 +623,9 @@ mod tests {
                 "metadata": {"name": name, "namespace": "default", "labels": {"app": "web"}},
                 "data": data,
             }),
+            kind: "ConfigMap".into(),
+            namespace: Some("default".into()),
+            name: name.into(),
         }
     }
 
@@ -612,6 +646,9 @@ mod tests {
                     },
                 },
             }),
+            kind: "Deployment".into(),
+            namespace: Some("web".into()),
+            name: "api".into(),
         }
     }
 
@@ -662,6 +699,66 @@ mod tests {
 
     fn pointers(changes: &[FieldChange]) -> Vec<&str> {
         changes.iter().map(|c| c.pointer.as_str()).collect()
+    }
+
+    /// What a plan says, as (kind of change, key) in its order.
+    fn outline(p: &Plan) -> Vec<(&'static str, String)> {
+        let creates = p.creates.iter().map(|c| ("create", c.key.clone()));
+        let updates = p.updates.iter().map(|u| ("update", u.key.clone()));
+        let deletes = p.deletes.iter().map(|d| ("delete", d.key.clone()));
+        creates.chain(updates).chain(deletes).collect()
+    }
+
+    #[test]
+    fn sorted_and_unsorted_desired_sets_plan_alike_with_creates_and_deletes_interleaved() {
+        // Stored: b, d, f (and the deployment); desired: a (new), b (changed), c (new),
+        // f (same), the deployment (same); d is gone. Keys interleave on both sides.
+        let stored = synced(&[
+            cm("b", json!({"k": "1"})),
+            cm("d", json!({"k": "1"})),
+            cm("f", json!({"k": "1"})),
+            deploy(),
+        ]);
+        let desired = vec![
+            cm("f", json!({"k": "1"})),
+            deploy(),
+            cm("c", json!({"k": "1"})),
+            cm("b", json!({"k": "2"})),
+            cm("a", json!({"k": "1"})),
+            // A second object with an existing key: the first one in the slice wins.
+            cm("a", json!({"k": "ignored"})),
+        ];
+        let unsorted = plan(&desired, &stored);
+        let mut sorted: Vec<Desired> = desired.clone();
+        sorted.truncate(5);
+        let sorted = sorted_by_key(sorted).unwrap();
+        let merged = plan(&sorted, &stored);
+
+        let key = |n: &str| coxswain_store::object_key("", "ConfigMap", Some("default"), n);
+        let expected = vec![
+            ("create", key("a")),
+            ("create", key("c")),
+            ("update", key("b")),
+            ("delete", key("d")),
+        ];
+        assert_eq!(outline(&unsorted), expected);
+        assert_eq!(outline(&merged), expected);
+        assert_eq!(unsorted.unchanged, 2);
+        assert_eq!(merged.unchanged, 2);
+        assert_eq!(unsorted.creates[0].after["data"]["k"], "1");
+        assert_eq!(merged.creates[0].after["data"]["k"], "1");
+    }
+
+    #[test]
+    fn stored_objects_after_the_last_desired_key_are_deleted() {
+        let stored = synced(&[cm("a", json!({})), cm("y", json!({})), cm("z", json!({}))]);
+        let p = plan(&[cm("a", json!({}))], &stored);
+        let key = |n: &str| coxswain_store::object_key("", "ConfigMap", Some("default"), n);
+        assert_eq!(
+            outline(&p),
+            vec![("delete", key("y")), ("delete", key("z"))]
+        );
+        assert_eq!(p.unchanged, 1);
     }
 
     #[test]

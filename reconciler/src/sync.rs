@@ -753,13 +753,11 @@ fn summary(plan: &Plan, held: Option<String>) -> SyncSummary {
 }
 
 fn object_status(d: &Desired) -> ObjectStatus {
-    let meta = d.value.get("metadata");
-    let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_string);
     ObjectStatus {
         key: d.key.clone(),
-        kind: text(d.value.get("kind")).unwrap_or_default(),
-        namespace: text(meta.and_then(|m| m.get("namespace"))),
-        name: text(meta.and_then(|m| m.get("name"))).unwrap_or_default(),
+        kind: d.kind.clone(),
+        namespace: d.namespace.clone(),
+        name: d.name.clone(),
         source: d.file.clone(),
         state: ObjectState::Applied,
         drift: Vec::new(),

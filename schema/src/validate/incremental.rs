@@ -21,6 +21,7 @@
 //!   rather than remembered).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use crate::validate::{Limits, ParsedFile, Report};
 
@@ -58,7 +59,7 @@ impl FileLimits {
 /// The files of a previous report that may be reused under the current limits, by path.
 #[derive(Debug, Default)]
 pub(crate) struct Reusable<'a> {
-    by_path: HashMap<&'a str, &'a ParsedFile>,
+    by_path: HashMap<&'a str, &'a Arc<ParsedFile>>,
 }
 
 impl<'a> Reusable<'a> {
@@ -77,7 +78,7 @@ impl<'a> Reusable<'a> {
     }
 
     /// The earlier result for `path`, when the tree lists it now with the same content id.
-    pub(crate) fn get(&self, path: &str, id: Option<&str>) -> Option<&'a ParsedFile> {
+    pub(crate) fn get(&self, path: &str, id: Option<&str>) -> Option<&'a Arc<ParsedFile>> {
         let id = id?;
         self.by_path
             .get(path)

@@ -173,8 +173,10 @@ impl ParsedFile {
 /// The result of validating a tree.
 #[derive(Debug, Clone, Default)]
 pub struct Report {
-    /// Manifest files read (after ignores).
-    pub files: Vec<ParsedFile>,
+    /// Manifest files read (after ignores). Shared, so that the next validation reuses an
+    /// unchanged file's result without copying its objects (a one-file commit in a large
+    /// repository would otherwise copy every object of the tree).
+    pub files: Vec<Arc<ParsedFile>>,
     /// Every problem found, in file order. Empty means the tree is valid.
     pub diagnostics: Vec<Diagnostic>,
 }
@@ -339,9 +341,9 @@ pub fn validate_tree_with(tree: &dyn Tree, limits: &Limits, previous: Option<&Re
         .par_iter()
         .map(|&(path, id)| {
             if let Some(earlier) = reusable.get(path, id) {
-                return earlier.clone();
+                return Arc::clone(earlier);
             }
-            match tree.read(path) {
+            Arc::new(match tree.read(path) {
                 Ok(bytes) => ParsedFile {
                     id: id.map(str::to_string),
                     ..parse_file(path, &bytes, limits)
@@ -355,7 +357,7 @@ pub fn validate_tree_with(tree: &dyn Tree, limits: &Limits, previous: Option<&Re
                     limits: incremental::FileLimits::of(limits),
                     nodes: OnceLock::new(),
                 },
-            }
+            })
         })
         .collect();
     for f in &report.files {

@@ -4,6 +4,7 @@
 //! `CreateContainerConfigError`, an HPA with `FailedGetScale`); a commit is the cheaper place.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use crate::diagnostic::{Code, Diagnostic};
 use crate::kinds::pod::PodSpec;
@@ -14,7 +15,7 @@ use crate::validate::{Ident, ParsedDoc, ParsedFile};
 type Keys<'a> = HashMap<(&'a str, &'a str, &'a str), HashSet<&'a str>>;
 
 /// Runs every cross-object check.
-pub(crate) fn check_tree(files: &[ParsedFile]) -> Vec<Diagnostic> {
+pub(crate) fn check_tree(files: &[Arc<ParsedFile>]) -> Vec<Diagnostic> {
     let mut out = Vec::new();
     let mut first: HashMap<&Ident, (&ParsedFile, &ParsedDoc)> = HashMap::new();
     let mut namespaces: HashSet<&str> = HashSet::new();
