@@ -412,6 +412,7 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let fsync = fdatasync_rate(tmp.path(), Duration::from_secs(1))?;
 
+    let coxswain = coxswain_binary()?;
     let mut systems: Vec<&'static str> = vec!["coxswain"];
     if etcd {
         systems.push("etcd");
@@ -431,7 +432,7 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
     for &members in &[1usize, 3] {
         for &system in &systems {
             let servers = match system {
-                "coxswain" => start_coxswain(&coxswain_binary()?, tmp.path(), members)?,
+                "coxswain" => start_coxswain(&coxswain, tmp.path(), members)?,
                 _ => start_etcd(tmp.path(), members)?,
             };
             let target = connect(system, &servers).await?;
@@ -460,7 +461,7 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
     let mut memory = Vec::new();
     for &system in &systems {
         let servers = match system {
-            "coxswain" => start_coxswain(&coxswain_binary()?, tmp.path(), 1)?,
+            "coxswain" => start_coxswain(&coxswain, tmp.path(), 1)?,
             _ => start_etcd(tmp.path(), 1)?,
         };
         let target = connect(system, &servers).await?;

@@ -223,22 +223,12 @@ pub fn plan_settled<D: Borrow<Desired>>(
 ) -> Plan {
     let _span =
         tracing::debug_span!("plan", desired = desired.len(), owned = owned.len()).entered();
-    // One object per key, in key order: the first of a key wins. The sync passes its
-    // desired set sorted and without duplicates (`sorted_by_key`); that is checked in one
-    // pass, which saves building a map of every object for every commit.
-    let wanted: Vec<&Desired> = if desired
-        .windows(2)
-        .all(|w| w[0].borrow().key < w[1].borrow().key)
-    {
-        desired.iter().map(Borrow::borrow).collect()
-    } else {
-        let mut by_key: BTreeMap<&str, &Desired> = BTreeMap::new();
-        for d in desired {
-            let d = d.borrow();
-            by_key.entry(d.key.as_str()).or_insert(d);
-        }
-        by_key.into_values().collect()
-    };
+    // One object per key, in key order: the first of a key wins (the sort is stable). The
+    // sync passes its desired set already sorted (`sorted_by_key`), where sorting is one
+    // linear pass.
+    let mut wanted: Vec<&Desired> = desired.iter().map(Borrow::borrow).collect();
+    wanted.sort_by(|a, b| a.key.cmp(&b.key));
+    wanted.dedup_by(|later, kept| later.key == kept.key);
     let mut out = Plan::default();
     // Both sides are in key order, so one merge pass pairs them without a lookup per
     // object; stored keys passed over are the deletes, in key order.
