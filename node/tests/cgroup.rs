@@ -8,6 +8,7 @@ mod support;
 
 use std::fs;
 use std::io::Write;
+use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -259,8 +260,12 @@ fn memory_limit_breach_ends_in_the_oom_killer() {
     let status = hog
         .wait_for(Duration::from_secs(60))
         .expect("the memory hog was not stopped within 60 s");
-    // sh reports a child killed by signal 9 as 128 + 9.
-    assert_eq!(status.code(), Some(137), "{status:?}");
+    // The OOM killer picks its victim in the cgroup: usually `tail`, which sh reports as
+    // 128 + 9, but under this pressure sometimes sh itself (seen once in CI).
+    assert!(
+        status.code() == Some(137) || status.signal() == Some(9),
+        "not ended by SIGKILL: {status:?}"
+    );
     assert!(cg.oom_killed().unwrap());
     assert!(cg.oom_kill_count().unwrap() >= 1);
 }
