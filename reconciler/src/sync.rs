@@ -18,7 +18,7 @@
 //! degraded`), and keeps the rolled-up state in the sync record (and in the attempt record
 //! while it is about the same commit), where `coxswain status` shows it.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -26,6 +26,7 @@ use coxswain_schema::{Limits, Report};
 use coxswain_store::{
     CmpOp, Compare, Consistency, KeyValue, Kv, Member, Op, Revision, Target, Txn, object_key,
 };
+use rustc_hash::FxHashSet;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::Instrument;
@@ -174,6 +175,8 @@ pub struct Syncer {
     applied_blobs_valid: bool,
     /// The desired objects of each file of the last valid commit, with the file's blob id.
     desired_cache: HashMap<String, (String, Vec<Arc<Desired>>)>,
+    /// All of them, in key order: what the next commit keeps, less the files it changed.
+    desired_sorted: Vec<Arc<Desired>>,
     /// The status of the commit last applied as its note was last told it: what
     /// `refresh_health` evaluates again and compares with.
     health: Option<CommitStatus>,
@@ -213,6 +216,7 @@ impl Syncer {
             applied_blobs: HashMap::new(),
             applied_blobs_valid: false,
             desired_cache: HashMap::new(),
+            desired_sorted: Vec::new(),
             health: None,
             stored_state: None,
         })
@@ -288,7 +292,8 @@ impl Syncer {
         let desired = self.desired(&report)?;
         // Files whose blob is the one last applied: their objects are in the store as they
         // are, as long as the inventory is the one that apply left.
-        let settled: HashSet<String> = report
+        // Looked up once per desired object, so with a fast hash.
+        let settled: FxHashSet<String> = report
             .files
             .iter()
             .filter(|f| {
@@ -429,30 +434,53 @@ impl Syncer {
     /// is the one seen last time are reused rather than encoded again: encoding every object
     /// of a large repository is most of what a one-file commit would otherwise cost.
     fn desired(&mut self, report: &Report) -> Result<Vec<Arc<Desired>>> {
+        // Taken out first: after an error neither is kept, so the two never disagree about
+        // which files the sorted set holds.
+        let mut previous = std::mem::take(&mut self.desired_cache);
+        let previous_sorted = std::mem::take(&mut self.desired_sorted);
         let mut cache = HashMap::with_capacity(report.files.len());
         let mut out: Vec<Arc<Desired>> = Vec::new();
+        let mut fresh: Vec<Arc<Desired>> = Vec::new();
+        let mut reused: FxHashSet<&str> = FxHashSet::default();
         for file in &report.files {
-            let reused = file.id().and_then(|id| {
-                self.desired_cache
+            let cached = file.id().and_then(|id| {
+                previous
                     .remove(&file.path)
                     .filter(|(cached, _)| cached == id)
             });
-            let objects = match reused {
-                Some((_, objects)) => objects,
-                None => file
-                    .docs
-                    .iter()
-                    .filter_map(|d| d.object.as_ref())
-                    .map(|o| Desired::from_object(&file.path, o).map(Arc::new))
-                    .collect::<Result<Vec<_>>>()?,
+            let objects = match cached {
+                Some((_, objects)) => {
+                    reused.insert(file.path.as_str());
+                    objects
+                }
+                None => {
+                    let objects = file
+                        .docs
+                        .iter()
+                        .filter_map(|d| d.object.as_ref())
+                        .map(|o| Desired::from_object(&file.path, o).map(Arc::new))
+                        .collect::<Result<Vec<_>>>()?;
+                    fresh.extend(objects.iter().cloned());
+                    objects
+                }
             };
             out.extend(objects.iter().cloned());
             if let Some(id) = file.id() {
                 cache.insert(file.path.clone(), (id.to_string(), objects));
             }
         }
+        // The objects of a reused file are the ones the last sorted set holds for it.
+        let kept: Vec<Arc<Desired>> = previous_sorted
+            .into_iter()
+            .filter(|d| reused.contains(d.file.as_str()))
+            .collect();
+        let sorted = match plan::merge_sorted(kept, fresh) {
+            Some(sorted) => sorted,
+            None => plan::sorted_by_key(out)?,
+        };
         self.desired_cache = cache;
-        plan::sorted_by_key(out)
+        self.desired_sorted = sorted.clone();
+        Ok(sorted)
     }
 
     fn allows_prune(&self, commit: &str) -> Result<bool> {

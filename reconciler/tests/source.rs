@@ -259,6 +259,55 @@ fn tree_at_a_path_reads_the_commit_not_the_work_tree() {
     assert!(err.to_string().contains("missing"), "{err}");
 }
 
+/// The sizes of each tree's files, by path.
+fn entry_sizes(tree: &dyn Tree) -> Vec<(String, u64)> {
+    tree.entries()
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.path, e.size))
+        .collect()
+}
+
+#[test]
+fn trees_of_one_source_list_each_commits_own_sizes() {
+    // The trees of a source share the blob sizes they looked up; a file that grew, one that
+    // shrank, a new one, and going back to the first commit must each show the size of the
+    // blob in that commit, never one remembered from another commit.
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path();
+    init(repo);
+    let first = commit(
+        repo,
+        &[("a.yaml", Some("a: 1\n")), ("b.yaml", Some("b: 12345\n"))],
+        "first",
+    );
+    let second = commit(
+        repo,
+        &[
+            ("a.yaml", Some("a: 1234567890\n")),
+            ("b.yaml", Some("b: 1\n")),
+            ("c.yaml", Some("c: 12\n")),
+        ],
+        "second",
+    );
+    let source = GitSource::open(&config(repo.display().to_string(), Reference::Head)).unwrap();
+    let sizes = |commit: &str| entry_sizes(&source.tree(commit).unwrap());
+    let owned = |list: &[(&str, u64)]| -> Vec<(String, u64)> {
+        list.iter().map(|(p, n)| (p.to_string(), *n)).collect()
+    };
+    assert_eq!(sizes(&first), owned(&[("a.yaml", 5), ("b.yaml", 9)]));
+    assert_eq!(
+        sizes(&second),
+        owned(&[("a.yaml", 14), ("b.yaml", 5), ("c.yaml", 6)])
+    );
+    assert_eq!(sizes(&first), owned(&[("a.yaml", 5), ("b.yaml", 9)]));
+    // And forward again, from a cache that now holds the first commit's sizes.
+    assert_eq!(
+        sizes(&second),
+        owned(&[("a.yaml", 14), ("b.yaml", 5), ("c.yaml", 6)])
+    );
+}
+
 #[test]
 fn changed_paths_are_relative_to_the_path() {
     let dir = tempfile::tempdir().unwrap();

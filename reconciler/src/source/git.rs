@@ -20,7 +20,7 @@ use super::config::{
     Auth, Location, Reference, SourceConfig, Transport, absolute, cache_folder_name,
 };
 use super::known_hosts::KnownHosts;
-use super::tree::{GitTree, subtree_id};
+use super::tree::{GitTree, SizeCache, subtree_id};
 use crate::error::{Error, Result};
 
 /// The commit a ref resolved to, with what a status report shows about it.
@@ -50,6 +50,8 @@ pub struct GitSource {
     subpath: Option<String>,
     access: RemoteAccess,
     last: Option<Head>,
+    /// Blob sizes of the last tree read, for the next one (see [`GitTree::with_sizes`]).
+    sizes: SizeCache,
 }
 
 /// How to talk to a remote repository: credentials from the config and the ssh host key
@@ -163,6 +165,7 @@ impl GitSource {
                 ssh_port,
             },
             last: None,
+            sizes: SizeCache::default(),
         })
     }
 
@@ -255,7 +258,7 @@ impl GitSource {
         let oid = self.commit_oid(commit)?;
         let repo = Repository::open(&self.reopen)
             .map_err(Error::git(format!("opening {}", self.reopen.display())))?;
-        GitTree::at(repo, oid, self.subpath.as_deref(), commit)
+        Ok(GitTree::at(repo, oid, self.subpath.as_deref(), commit)?.with_sizes(self.sizes.clone()))
     }
 
     /// Files below the source's folder that differ between two commits, relative to that

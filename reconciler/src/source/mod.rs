@@ -22,7 +22,7 @@ pub use config::{
 };
 pub use folder::FolderSource;
 pub use git::{GitSource, Head, RemoteAccess};
-pub use tree::GitTree;
+pub use tree::{GitTree, SizeCache};
 pub use watch::{Triggers, Wake, WebhookTrigger};
 
 use crate::error::Result;

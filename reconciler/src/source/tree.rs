@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use coxswain_schema::tree::{EntryKind, Tree, TreeEntry};
 use git2::{ObjectType, Oid, Repository};
@@ -19,7 +19,15 @@ pub struct GitTree {
     /// Blob ids by path, recorded by `entries`, so that `read` goes straight to the blob
     /// instead of walking the path from the root tree again for every file.
     blobs: Mutex<HashMap<String, Oid>>,
+    /// Blob sizes by id, shared by the trees of one source: a blob's size never changes, and
+    /// reading it from the object header costs a file open and an inflate per loose object,
+    /// which for a large repository was a tenth of a one-file commit's sync.
+    sizes: SizeCache,
 }
+
+/// Sizes of the blobs of the last tree listed; see [`GitTree::with_sizes`].
+#[derive(Debug, Clone, Default)]
+pub struct SizeCache(Arc<Mutex<HashMap<Oid, u64>>>);
 
 impl std::fmt::Debug for GitTree {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -98,7 +106,16 @@ impl GitTree {
             repo: Mutex::new(repo),
             tree,
             blobs: Mutex::new(HashMap::new()),
+            sizes: SizeCache::default(),
         })
+    }
+
+    /// Shares `sizes` with the other trees of the same repository: `entries` takes the size
+    /// of a blob listed before from it, and leaves in it the sizes of this tree's blobs only,
+    /// so it holds one repository state at a time.
+    pub fn with_sizes(mut self, sizes: SizeCache) -> Self {
+        self.sizes = sizes;
+        self
     }
 
     /// The Git id of this (sub)tree: two commits with the same id here have identical
@@ -150,6 +167,8 @@ impl Tree for GitTree {
         let repo = self.repo.lock().map_err(|e| tree_err(".", e))?;
         let tree = repo.find_tree(self.tree).map_err(|e| tree_err(".", e))?;
         let odb = repo.odb().map_err(|e| tree_err(".", e))?;
+        let mut known = self.sizes.0.lock().map_err(|e| tree_err(".", e))?;
+        let mut sizes = HashMap::with_capacity(known.len());
         let mut out = Vec::new();
         let mut ids = HashMap::new();
         let mut failure = None;
@@ -178,13 +197,17 @@ impl Tree for GitTree {
             };
             // The header gives the size without inflating the blob, so size limits cost
             // nothing for files that are too big.
-            let size = match odb.read_header(entry.id()) {
-                Ok((size, _)) => size as u64,
-                Err(e) => {
-                    failure = Some(tree_err(&path, e));
-                    return git2::TreeWalkResult::Abort;
-                }
+            let size = match known.get(&entry.id()) {
+                Some(size) => *size,
+                None => match odb.read_header(entry.id()) {
+                    Ok((size, _)) => size as u64,
+                    Err(e) => {
+                        failure = Some(tree_err(&path, e));
+                        return git2::TreeWalkResult::Abort;
+                    }
+                },
             };
+            sizes.insert(entry.id(), size);
             ids.insert(path.clone(), entry.id());
             out.push(TreeEntry {
                 path,
@@ -198,6 +221,7 @@ impl Tree for GitTree {
         if let Some(e) = failure {
             return Err(e);
         }
+        *known = sizes;
         out.sort_by(|a, b| a.path.cmp(&b.path));
         *self.blobs.lock().map_err(|e| tree_err(".", e))? = ids;
         Ok(out)

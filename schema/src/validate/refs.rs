@@ -3,24 +3,37 @@
 //! objects. Kubernetes would only notice these at run time (a pod stuck in
 //! `CreateContainerConfigError`, an HPA with `FailedGetScale`); a commit is the cheaper place.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::diagnostic::{Code, Diagnostic};
 use crate::kinds::pod::PodSpec;
 use crate::object::Object;
 use crate::validate::{Ident, ParsedDoc, ParsedFile};
 
+/// A ConfigMap's or Secret's two key maps (`data` and `binaryData`, or `data` and
+/// `stringData`), borrowed from the parsed object rather than copied into a set: most
+/// references are never looked up more than once.
+type KeyMaps<'a> = [Option<&'a BTreeMap<String, String>>; 2];
+
 /// Where a ConfigMap's or Secret's keys are, by (kind, namespace, name).
-type Keys<'a> = HashMap<(&'a str, &'a str, &'a str), HashSet<&'a str>>;
+type Keys<'a> = FxHashMap<(&'a str, &'a str, &'a str), KeyMaps<'a>>;
+
+/// Every object of the tree by (group, kind, namespace or "", name).
+type Present<'a> = FxHashSet<(&'a str, &'a str, &'a str, &'a str)>;
 
 /// Runs every cross-object check.
 pub(crate) fn check_tree(files: &[Arc<ParsedFile>]) -> Vec<Diagnostic> {
+    // These run over every object of every commit, so the maps are sized once up front.
+    let docs: usize = files.iter().map(|f| f.docs.len()).sum();
     let mut out = Vec::new();
-    let mut first: HashMap<&Ident, (&ParsedFile, &ParsedDoc)> = HashMap::new();
-    let mut namespaces: HashSet<&str> = HashSet::new();
-    let mut present: HashSet<(&str, &str, &str, &str)> = HashSet::new();
-    let mut keys: Keys<'_> = HashMap::new();
+    let mut first: FxHashMap<&Ident, (&ParsedFile, &ParsedDoc)> =
+        FxHashMap::with_capacity_and_hasher(docs, Default::default());
+    let mut namespaces: FxHashSet<&str> = FxHashSet::default();
+    let mut present: Present<'_> = FxHashSet::with_capacity_and_hasher(docs, Default::default());
+    let mut keys: Keys<'_> = FxHashMap::default();
 
     for f in files {
         for d in &f.docs {
@@ -46,12 +59,12 @@ pub(crate) fn check_tree(files: &[Arc<ParsedFile>]) -> Vec<Diagnostic> {
             }
             match &d.object {
                 Some(Object::ConfigMap(cm)) => {
-                    let set = key_set(&cm.data, &cm.binary_data);
-                    keys.insert(("ConfigMap", ns, &id.name), set);
+                    let maps = [cm.data.as_ref(), cm.binary_data.as_ref()];
+                    keys.insert(("ConfigMap", ns, &id.name), maps);
                 }
                 Some(Object::Secret(s)) => {
-                    let set = key_set(&s.data, &s.string_data);
-                    keys.insert(("Secret", ns, &id.name), set);
+                    let maps = [s.data.as_ref(), s.string_data.as_ref()];
+                    keys.insert(("Secret", ns, &id.name), maps);
                 }
                 _ => {}
             }
@@ -112,7 +125,13 @@ pub(crate) fn check_tree(files: &[Arc<ParsedFile>]) -> Vec<Diagnostic> {
                 Some(obj) => {
                     if let Some((spec, base)) = pod_spec_of(obj) {
                         let mut errs = Vec::new();
-                        check_pod_refs(spec, base, ns, &present, &keys, &mut errs);
+                        let mut refs = PodRefs {
+                            ns,
+                            present: &present,
+                            keys: &keys,
+                            errs: &mut errs,
+                        };
+                        refs.check(spec, base);
                         out.extend(
                             errs.into_iter()
                                 .map(|(p, r)| f.diag_at(d, &p, Code::Reference, r)),
@@ -126,16 +145,23 @@ pub(crate) fn check_tree(files: &[Arc<ParsedFile>]) -> Vec<Diagnostic> {
     out
 }
 
-/// The keys of a ConfigMap's or Secret's two data maps.
-fn key_set<'a, V, W>(
-    a: &'a Option<BTreeMap<String, V>>,
-    b: &'a Option<BTreeMap<String, W>>,
-) -> HashSet<&'a str> {
-    a.iter()
+/// Whether either map holds `key`.
+fn has_key(maps: &KeyMaps<'_>, key: &str) -> bool {
+    maps.iter().flatten().any(|m| m.contains_key(key))
+}
+
+/// The keys of both maps, sorted, once each, quoted for an error message.
+fn key_list(maps: &KeyMaps<'_>) -> String {
+    let keys: BTreeSet<&str> = maps
+        .iter()
+        .flatten()
         .flat_map(|m| m.keys())
-        .chain(b.iter().flat_map(|m| m.keys()))
         .map(String::as_str)
-        .collect()
+        .collect();
+    keys.iter()
+        .map(|k| format!("{k:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The pod spec inside a kind, with its JSON pointer.
@@ -154,146 +180,127 @@ fn pod_spec_of(obj: &Object) -> Option<(&PodSpec, &'static str)> {
     })
 }
 
-/// ConfigMaps and Secrets a pod needs must exist (and hold the keys it reads), unless the
-/// reference is marked `optional: true`.
-fn check_pod_refs(
-    spec: &PodSpec,
-    base: &str,
-    ns: &str,
-    present: &HashSet<(&str, &str, &str, &str)>,
-    keys: &Keys<'_>,
-    errs: &mut Vec<(String, String)>,
-) {
-    // One reference, reported once: a missing object at its name (the keys it reads would
-    // only repeat that), else each key it lacks at that key.
-    let mut need = |ptr: String,
-                    kind: &'static str,
-                    name: &str,
-                    wanted: Vec<(String, &str)>,
-                    optional: Option<bool>| {
+/// The references of one pod spec, checked against the tree. JSON pointers are built only
+/// for the errors: a tree of valid references (every commit that applies) formats none.
+struct PodRefs<'r, 'a> {
+    ns: &'r str,
+    present: &'r Present<'a>,
+    keys: &'r Keys<'a>,
+    errs: &'r mut Vec<(String, String)>,
+}
+
+impl<'a> PodRefs<'_, 'a> {
+    /// The keys of `kind ns/name` when the reference needs checking further: `None` when it
+    /// is `optional: true`, or when the object is missing (reported at `ptr`, once: the keys
+    /// it reads would only repeat that).
+    fn object(
+        &mut self,
+        kind: &'static str,
+        name: &str,
+        optional: Option<bool>,
+        ptr: impl FnOnce() -> String,
+    ) -> Option<KeyMaps<'a>> {
         if optional == Some(true) {
-            return;
+            return None;
         }
-        if !present.contains(&("", kind, ns, name)) {
-            errs.push((
-                ptr,
+        let ns = self.ns;
+        if !self.present.contains(&("", kind, ns, name)) {
+            self.errs.push((
+                ptr(),
                 format!(
                     "{kind} {ns}/{name} is not in the tree; the pod could not start (set `optional: true` if that is intended)"
                 ),
             ));
-            return;
+            return None;
         }
-        let Some(have) = keys.get(&(kind, ns, name)) else {
-            return;
-        };
-        for (key_ptr, key) in wanted {
-            if !have.contains(key) {
-                let mut list: Vec<&&str> = have.iter().collect();
-                list.sort();
-                errs.push((
-                    key_ptr,
-                    format!(
-                        "{kind} {ns}/{name} has no key {key:?} (it has: {})",
-                        list.iter()
-                            .map(|k| format!("{k:?}"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                ));
-            }
-        }
-    };
-    let groups: BTreeMap<&str, _> = [
-        ("containers", Some(&spec.containers)),
-        ("initContainers", spec.init_containers.as_ref()),
-    ]
-    .into_iter()
-    .filter_map(|(n, c)| c.map(|c| (n, c)))
-    .collect();
-    for (field, containers) in groups {
-        for (ci, c) in containers.iter().enumerate() {
-            let cp = format!("{base}/{field}/{ci}");
-            for (ei, env) in c.env.iter().flatten().enumerate() {
-                let Some(from) = &env.value_from else {
-                    continue;
-                };
-                let ep = format!("{cp}/env/{ei}/valueFrom");
-                if let Some(r) = &from.config_map_key_ref {
-                    let p = format!("{ep}/configMapKeyRef");
-                    need(
-                        format!("{p}/name"),
-                        "ConfigMap",
-                        &r.name,
-                        vec![(format!("{p}/key"), r.key.as_str())],
-                        r.optional,
-                    );
-                }
-                if let Some(r) = &from.secret_key_ref {
-                    let p = format!("{ep}/secretKeyRef");
-                    need(
-                        format!("{p}/name"),
-                        "Secret",
-                        &r.name,
-                        vec![(format!("{p}/key"), r.key.as_str())],
-                        r.optional,
-                    );
-                }
-            }
-            for (ei, src) in c.env_from.iter().flatten().enumerate() {
-                if let Some(r) = &src.config_map_ref {
-                    need(
-                        format!("{cp}/envFrom/{ei}/configMapRef/name"),
-                        "ConfigMap",
-                        &r.name,
-                        Vec::new(),
-                        r.optional,
-                    );
-                }
-                if let Some(r) = &src.secret_ref {
-                    need(
-                        format!("{cp}/envFrom/{ei}/secretRef/name"),
-                        "Secret",
-                        &r.name,
-                        Vec::new(),
-                        r.optional,
-                    );
-                }
-            }
+        self.keys.get(&(kind, ns, name)).copied()
+    }
+
+    /// A key the pod reads from `kind ns/name`, which exists with the keys `have`.
+    fn key(
+        &mut self,
+        kind: &str,
+        name: &str,
+        have: &KeyMaps<'_>,
+        key: &str,
+        ptr: impl FnOnce() -> String,
+    ) {
+        if !has_key(have, key) {
+            let ns = self.ns;
+            self.errs.push((
+                ptr(),
+                format!(
+                    "{kind} {ns}/{name} has no key {key:?} (it has: {})",
+                    key_list(have)
+                ),
+            ));
         }
     }
-    for (vi, v) in spec.volumes.iter().flatten().enumerate() {
-        let vp = format!("{base}/volumes/{vi}");
-        if let Some(cm) = &v.config_map {
-            let wanted = cm
-                .items
-                .iter()
-                .flatten()
-                .enumerate()
-                .map(|(ii, item)| (format!("{vp}/configMap/items/{ii}/key"), item.key.as_str()))
-                .collect();
-            need(
-                format!("{vp}/configMap/name"),
-                "ConfigMap",
-                &cm.name,
-                wanted,
-                cm.optional,
-            );
+
+    /// ConfigMaps and Secrets a pod needs must exist (and hold the keys it reads), unless the
+    /// reference is marked `optional: true`.
+    fn check(&mut self, spec: &PodSpec, base: &str) {
+        let groups = [
+            ("containers", Some(&spec.containers)),
+            ("initContainers", spec.init_containers.as_ref()),
+        ];
+        for (field, containers) in groups {
+            for (ci, c) in containers.into_iter().flatten().enumerate() {
+                for (ei, env) in c.env.iter().flatten().enumerate() {
+                    let Some(from) = &env.value_from else {
+                        continue;
+                    };
+                    let at = |rest: &str| format!("{base}/{field}/{ci}/env/{ei}/valueFrom/{rest}");
+                    if let Some(r) = &from.config_map_key_ref
+                        && let Some(have) = self.object("ConfigMap", &r.name, r.optional, || {
+                            at("configMapKeyRef/name")
+                        })
+                    {
+                        self.key("ConfigMap", &r.name, &have, &r.key, || {
+                            at("configMapKeyRef/key")
+                        });
+                    }
+                    if let Some(r) = &from.secret_key_ref
+                        && let Some(have) =
+                            self.object("Secret", &r.name, r.optional, || at("secretKeyRef/name"))
+                    {
+                        self.key("Secret", &r.name, &have, &r.key, || at("secretKeyRef/key"));
+                    }
+                }
+                for (ei, src) in c.env_from.iter().flatten().enumerate() {
+                    let at = |rest: &str| format!("{base}/{field}/{ci}/envFrom/{ei}/{rest}");
+                    if let Some(r) = &src.config_map_ref {
+                        self.object("ConfigMap", &r.name, r.optional, || at("configMapRef/name"));
+                    }
+                    if let Some(r) = &src.secret_ref {
+                        self.object("Secret", &r.name, r.optional, || at("secretRef/name"));
+                    }
+                }
+            }
         }
-        if let Some(s) = &v.secret {
-            let wanted = s
-                .items
-                .iter()
-                .flatten()
-                .enumerate()
-                .map(|(ii, item)| (format!("{vp}/secret/items/{ii}/key"), item.key.as_str()))
-                .collect();
-            need(
-                format!("{vp}/secret/secretName"),
-                "Secret",
-                &s.secret_name,
-                wanted,
-                s.optional,
-            );
+        for (vi, v) in spec.volumes.iter().flatten().enumerate() {
+            let at = |rest: &str| format!("{base}/volumes/{vi}/{rest}");
+            if let Some(cm) = &v.config_map
+                && let Some(have) =
+                    self.object("ConfigMap", &cm.name, cm.optional, || at("configMap/name"))
+            {
+                for (ii, item) in cm.items.iter().flatten().enumerate() {
+                    self.key("ConfigMap", &cm.name, &have, &item.key, || {
+                        at(&format!("configMap/items/{ii}/key"))
+                    });
+                }
+            }
+            if let Some(s) = &v.secret
+                && let Some(have) = self.object("Secret", &s.secret_name, s.optional, || {
+                    at("secret/secretName")
+                })
+            {
+                for (ii, item) in s.items.iter().flatten().enumerate() {
+                    self.key("Secret", &s.secret_name, &have, &item.key, || {
+                        at(&format!("secret/items/{ii}/key"))
+                    });
+                }
+            }
         }
     }
 }
