@@ -136,19 +136,32 @@ pub fn sorted_by_key<D: Borrow<Desired>>(mut desired: Vec<D>) -> Result<Vec<D>> 
 /// the two files in tree order.
 pub fn merge_sorted<D: Borrow<Desired>>(kept: Vec<D>, mut fresh: Vec<D>) -> Option<Vec<D>> {
     fresh.sort_by(|a, b| a.borrow().key.cmp(&b.borrow().key));
-    let mut out = Vec::with_capacity(kept.len() + fresh.len());
+    let mut out: Vec<D> = Vec::with_capacity(kept.len() + fresh.len());
     let mut kept = kept.into_iter().peekable();
+    // `kept` holds each key once (it is part of an earlier checked result), so a key can only
+    // repeat next to a fresh object: only those neighbours are compared.
+    let repeats = |out: &[D], d: &D| out.last().is_some_and(|l| l.borrow().key == d.borrow().key);
     for d in fresh {
+        let mut first = true;
         while let Some(k) = kept.next_if(|k| k.borrow().key < d.borrow().key) {
+            if first && repeats(&out, &k) {
+                return None;
+            }
+            first = false;
             out.push(k);
+        }
+        if repeats(&out, &d) {
+            return None;
         }
         out.push(d);
     }
+    if let Some(k) = kept.peek()
+        && repeats(&out, k)
+    {
+        return None;
+    }
     out.extend(kept);
-    let repeats = out
-        .windows(2)
-        .any(|w| w[0].borrow().key == w[1].borrow().key);
-    (!repeats).then_some(out)
+    Some(out)
 }
 
 /// One field that differs, addressed by a JSON pointer (RFC 6901) into the object.
@@ -247,11 +260,13 @@ pub fn plan_settled<D: Borrow<Desired>>(
     let _span =
         tracing::debug_span!("plan", desired = desired.len(), owned = owned.len()).entered();
     // One object per key, in key order: the first of a key wins (the sort is stable). The
-    // sync passes its desired set already sorted (`sorted_by_key`), where sorting is one
-    // linear pass.
+    // sync passes its set sorted with each key once (`sorted_by_key`, `merge_sorted`): one
+    // pass proves that, where a sort and a dedup would each compare every neighbouring pair.
     let mut wanted: Vec<&Desired> = desired.iter().map(Borrow::borrow).collect();
-    wanted.sort_by(|a, b| a.key.cmp(&b.key));
-    wanted.dedup_by(|later, kept| later.key == kept.key);
+    if !wanted.is_sorted_by(|a, b| a.key < b.key) {
+        wanted.sort_by(|a, b| a.key.cmp(&b.key));
+        wanted.dedup_by(|later, kept| later.key == kept.key);
+    }
     let mut out = Plan::default();
     // Both sides are in key order, so one merge pass pairs them without a lookup per
     // object; stored keys passed over are the deletes, in key order.
@@ -796,6 +811,13 @@ mod tests {
         assert!(merge_sorted(vec![&a, &b], vec![&other_a]).is_none());
         assert!(merge_sorted(vec![&b], vec![&a, &other_a]).is_none());
         assert!(merge_sorted(vec![&a], vec![&b]).is_some());
+        // A repeat in the middle of the kept side, found whichever side comes first.
+        let (c, d, e) = (cm("c", json!({})), cm("d", json!({})), cm("e", json!({})));
+        let mut other_c = cm("c", json!({"k": "v"}));
+        other_c.file = "other.yaml".into();
+        assert!(merge_sorted(vec![&a, &c, &e], vec![&other_c]).is_none());
+        assert!(merge_sorted(vec![&a, &c, &e], vec![&d, &other_c]).is_none());
+        assert!(merge_sorted(vec![&a, &c, &e], vec![&d, &b]).is_some());
         let err = sorted_by_key(vec![a, other_a]).unwrap_err().to_string();
         assert!(
             err.contains("other.yaml") && err.contains("cm.yaml"),
