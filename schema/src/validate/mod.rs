@@ -72,6 +72,8 @@ pub struct ParsedDoc {
     /// Kind, namespace and name, when they could be read even from an invalid document, so
     /// that references to it and duplicates of it are still judged correctly.
     pub ident: Option<Ident>,
+    /// The ConfigMaps and Secrets its pod spec needs, read once from `object`.
+    pub(crate) needs: Vec<refs::Need>,
 }
 
 /// Identity of an object in the tree.
@@ -465,8 +467,10 @@ pub fn parse_file(path: &str, bytes: &[u8], limits: &Limits) -> ParsedFile {
             index: doc.index,
             object: None,
             ident: None,
+            needs: Vec::new(),
         };
         let problems = check_document(&mut pd, &doc.root);
+        pd.needs = pd.object.as_ref().map(refs::needs_of).unwrap_or_default();
         for (pointer, code, reason) in problems {
             let span = doc.root.locate(&pointer);
             let d = file.diag_at_span(span, &pointer, code, reason);

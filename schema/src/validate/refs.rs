@@ -2,6 +2,10 @@
 //! (kind, namespace, name), namespaces that exist, and references a pod or HPA makes to other
 //! objects. Kubernetes would only notice these at run time (a pod stuck in
 //! `CreateContainerConfigError`, an HPA with `FailedGetScale`); a commit is the cheaper place.
+//!
+//! These run over every object on every commit, also when one file changed, so what a pod
+//! needs is read once per file at parse time ([`needs_of`]) and the tree-wide pass looks only
+//! at those short lists and at fast-hashed maps.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -122,20 +126,36 @@ pub(crate) fn check_tree(files: &[Arc<ParsedFile>]) -> Vec<Diagnostic> {
                         ));
                     }
                 }
-                Some(obj) => {
-                    if let Some((spec, base)) = pod_spec_of(obj) {
-                        let mut errs = Vec::new();
-                        let mut refs = PodRefs {
-                            ns,
-                            present: &present,
-                            keys: &keys,
-                            errs: &mut errs,
+                Some(_) => {
+                    for need in &d.needs {
+                        let (kind, name) = (need.kind, need.name.as_str());
+                        if !present.contains(&("", kind, ns, name)) {
+                            out.push(f.diag_at(
+                                d,
+                                &need.ptr,
+                                Code::Reference,
+                                format!(
+                                    "{kind} {ns}/{name} is not in the tree; the pod could not start (set `optional: true` if that is intended)"
+                                ),
+                            ));
+                            continue;
+                        }
+                        let Some(have) = keys.get(&(kind, ns, name)) else {
+                            continue;
                         };
-                        refs.check(spec, base);
-                        out.extend(
-                            errs.into_iter()
-                                .map(|(p, r)| f.diag_at(d, &p, Code::Reference, r)),
-                        );
+                        for (key, ptr) in &need.keys {
+                            if !has_key(have, key) {
+                                out.push(f.diag_at(
+                                    d,
+                                    ptr,
+                                    Code::Reference,
+                                    format!(
+                                        "{kind} {ns}/{name} has no key {key:?} (it has: {})",
+                                        key_list(have)
+                                    ),
+                                ));
+                            }
+                        }
                     }
                 }
                 None => {}
@@ -180,127 +200,132 @@ fn pod_spec_of(obj: &Object) -> Option<(&PodSpec, &'static str)> {
     })
 }
 
-/// The references of one pod spec, checked against the tree. JSON pointers are built only
-/// for the errors: a tree of valid references (every commit that applies) formats none.
-struct PodRefs<'r, 'a> {
-    ns: &'r str,
-    present: &'r Present<'a>,
-    keys: &'r Keys<'a>,
-    errs: &'r mut Vec<(String, String)>,
+/// A ConfigMap or Secret one document's pod spec needs (a reference not marked `optional:
+/// true`), with the JSON pointers to report at. Read from the object once, when its file is
+/// parsed, and kept with the file: the checks across the tree then run over these short lists
+/// instead of walking every object's large parsed pod spec again on every commit, which cost
+/// mostly cache misses.
+#[derive(Debug, Clone)]
+pub(crate) struct Need {
+    kind: &'static str,
+    name: String,
+    /// Where the name is: a missing object is reported there, once (the keys it reads would
+    /// only repeat that).
+    ptr: String,
+    /// Keys read from it, each with where it is.
+    keys: Vec<(String, String)>,
 }
 
-impl<'a> PodRefs<'_, 'a> {
-    /// The keys of `kind ns/name` when the reference needs checking further: `None` when it
-    /// is `optional: true`, or when the object is missing (reported at `ptr`, once: the keys
-    /// it reads would only repeat that).
-    fn object(
-        &mut self,
-        kind: &'static str,
-        name: &str,
-        optional: Option<bool>,
-        ptr: impl FnOnce() -> String,
-    ) -> Option<KeyMaps<'a>> {
-        if optional == Some(true) {
-            return None;
+/// What a document's object needs from the rest of the tree (see [`Need`]); empty for kinds
+/// without a pod spec.
+pub(crate) fn needs_of(obj: &Object) -> Vec<Need> {
+    let mut out = Vec::new();
+    let Some((spec, base)) = pod_spec_of(obj) else {
+        return out;
+    };
+    let mut need = |kind: &'static str,
+                    name: &str,
+                    optional: Option<bool>,
+                    ptr: String,
+                    keys: Vec<(String, String)>| {
+        if optional != Some(true) {
+            out.push(Need {
+                kind,
+                name: name.to_string(),
+                ptr,
+                keys,
+            });
         }
-        let ns = self.ns;
-        if !self.present.contains(&("", kind, ns, name)) {
-            self.errs.push((
-                ptr(),
-                format!(
-                    "{kind} {ns}/{name} is not in the tree; the pod could not start (set `optional: true` if that is intended)"
-                ),
-            ));
-            return None;
-        }
-        self.keys.get(&(kind, ns, name)).copied()
-    }
-
-    /// A key the pod reads from `kind ns/name`, which exists with the keys `have`.
-    fn key(
-        &mut self,
-        kind: &str,
-        name: &str,
-        have: &KeyMaps<'_>,
-        key: &str,
-        ptr: impl FnOnce() -> String,
-    ) {
-        if !has_key(have, key) {
-            let ns = self.ns;
-            self.errs.push((
-                ptr(),
-                format!(
-                    "{kind} {ns}/{name} has no key {key:?} (it has: {})",
-                    key_list(have)
-                ),
-            ));
-        }
-    }
-
-    /// ConfigMaps and Secrets a pod needs must exist (and hold the keys it reads), unless the
-    /// reference is marked `optional: true`.
-    fn check(&mut self, spec: &PodSpec, base: &str) {
-        let groups = [
-            ("containers", Some(&spec.containers)),
-            ("initContainers", spec.init_containers.as_ref()),
-        ];
-        for (field, containers) in groups {
-            for (ci, c) in containers.into_iter().flatten().enumerate() {
-                for (ei, env) in c.env.iter().flatten().enumerate() {
-                    let Some(from) = &env.value_from else {
-                        continue;
-                    };
-                    let at = |rest: &str| format!("{base}/{field}/{ci}/env/{ei}/valueFrom/{rest}");
-                    if let Some(r) = &from.config_map_key_ref
-                        && let Some(have) = self.object("ConfigMap", &r.name, r.optional, || {
-                            at("configMapKeyRef/name")
-                        })
-                    {
-                        self.key("ConfigMap", &r.name, &have, &r.key, || {
-                            at("configMapKeyRef/key")
-                        });
-                    }
-                    if let Some(r) = &from.secret_key_ref
-                        && let Some(have) =
-                            self.object("Secret", &r.name, r.optional, || at("secretKeyRef/name"))
-                    {
-                        self.key("Secret", &r.name, &have, &r.key, || at("secretKeyRef/key"));
-                    }
+    };
+    let groups = [
+        ("containers", Some(&spec.containers)),
+        ("initContainers", spec.init_containers.as_ref()),
+    ];
+    for (field, containers) in groups {
+        for (ci, c) in containers.into_iter().flatten().enumerate() {
+            for (ei, env) in c.env.iter().flatten().enumerate() {
+                let Some(from) = &env.value_from else {
+                    continue;
+                };
+                let at = |rest: &str| format!("{base}/{field}/{ci}/env/{ei}/valueFrom/{rest}");
+                if let Some(r) = &from.config_map_key_ref {
+                    let key = (r.key.clone(), at("configMapKeyRef/key"));
+                    need(
+                        "ConfigMap",
+                        &r.name,
+                        r.optional,
+                        at("configMapKeyRef/name"),
+                        vec![key],
+                    );
                 }
-                for (ei, src) in c.env_from.iter().flatten().enumerate() {
-                    let at = |rest: &str| format!("{base}/{field}/{ci}/envFrom/{ei}/{rest}");
-                    if let Some(r) = &src.config_map_ref {
-                        self.object("ConfigMap", &r.name, r.optional, || at("configMapRef/name"));
-                    }
-                    if let Some(r) = &src.secret_ref {
-                        self.object("Secret", &r.name, r.optional, || at("secretRef/name"));
-                    }
+                if let Some(r) = &from.secret_key_ref {
+                    let key = (r.key.clone(), at("secretKeyRef/key"));
+                    need(
+                        "Secret",
+                        &r.name,
+                        r.optional,
+                        at("secretKeyRef/name"),
+                        vec![key],
+                    );
                 }
             }
-        }
-        for (vi, v) in spec.volumes.iter().flatten().enumerate() {
-            let at = |rest: &str| format!("{base}/volumes/{vi}/{rest}");
-            if let Some(cm) = &v.config_map
-                && let Some(have) =
-                    self.object("ConfigMap", &cm.name, cm.optional, || at("configMap/name"))
-            {
-                for (ii, item) in cm.items.iter().flatten().enumerate() {
-                    self.key("ConfigMap", &cm.name, &have, &item.key, || {
-                        at(&format!("configMap/items/{ii}/key"))
-                    });
+            for (ei, src) in c.env_from.iter().flatten().enumerate() {
+                let at = |rest: &str| format!("{base}/{field}/{ci}/envFrom/{ei}/{rest}");
+                if let Some(r) = &src.config_map_ref {
+                    need(
+                        "ConfigMap",
+                        &r.name,
+                        r.optional,
+                        at("configMapRef/name"),
+                        Vec::new(),
+                    );
                 }
-            }
-            if let Some(s) = &v.secret
-                && let Some(have) = self.object("Secret", &s.secret_name, s.optional, || {
-                    at("secret/secretName")
-                })
-            {
-                for (ii, item) in s.items.iter().flatten().enumerate() {
-                    self.key("Secret", &s.secret_name, &have, &item.key, || {
-                        at(&format!("secret/items/{ii}/key"))
-                    });
+                if let Some(r) = &src.secret_ref {
+                    need(
+                        "Secret",
+                        &r.name,
+                        r.optional,
+                        at("secretRef/name"),
+                        Vec::new(),
+                    );
                 }
             }
         }
     }
+    for (vi, v) in spec.volumes.iter().flatten().enumerate() {
+        let at = |rest: &str| format!("{base}/volumes/{vi}/{rest}");
+        if let Some(cm) = &v.config_map {
+            let keys = cm
+                .items
+                .iter()
+                .flatten()
+                .enumerate()
+                .map(|(ii, item)| (item.key.clone(), at(&format!("configMap/items/{ii}/key"))))
+                .collect();
+            need(
+                "ConfigMap",
+                &cm.name,
+                cm.optional,
+                at("configMap/name"),
+                keys,
+            );
+        }
+        if let Some(sec) = &v.secret {
+            let keys = sec
+                .items
+                .iter()
+                .flatten()
+                .enumerate()
+                .map(|(ii, item)| (item.key.clone(), at(&format!("secret/items/{ii}/key"))))
+                .collect();
+            need(
+                "Secret",
+                &sec.secret_name,
+                sec.optional,
+                at("secret/secretName"),
+                keys,
+            );
+        }
+    }
+    out
 }
