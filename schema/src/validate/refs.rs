@@ -127,39 +127,50 @@ pub(crate) fn check_tree(files: &[Arc<ParsedFile>]) -> Vec<Diagnostic> {
                     }
                 }
                 Some(_) => {
-                    for need in &d.needs {
-                        let (kind, name) = (need.kind, need.name.as_str());
-                        if !present.contains(&("", kind, ns, name)) {
-                            out.push(f.diag_at(
-                                d,
-                                &need.ptr,
-                                Code::Reference,
-                                format!(
-                                    "{kind} {ns}/{name} is not in the tree; the pod could not start (set `optional: true` if that is intended)"
-                                ),
-                            ));
-                            continue;
-                        }
-                        let Some(have) = keys.get(&(kind, ns, name)) else {
-                            continue;
-                        };
-                        for (key, ptr) in &need.keys {
-                            if !has_key(have, key) {
-                                out.push(f.diag_at(
-                                    d,
-                                    ptr,
-                                    Code::Reference,
-                                    format!(
-                                        "{kind} {ns}/{name} has no key {key:?} (it has: {})",
-                                        key_list(have)
-                                    ),
-                                ));
-                            }
-                        }
-                    }
+                    let errs = unmet_needs(&d.needs, ns, &present, &keys);
+                    out.extend(
+                        errs.into_iter()
+                            .map(|(ptr, reason)| f.diag_at(d, ptr, Code::Reference, reason)),
+                    );
                 }
                 None => {}
             }
+        }
+    }
+    out
+}
+
+/// Where and why the tree does not give a document in namespace `ns` what its pod spec
+/// `needs`: a missing object once at its name, else each key it lacks at that key.
+fn unmet_needs<'n>(
+    needs: &'n [Need],
+    ns: &str,
+    present: &Present<'_>,
+    keys: &Keys<'_>,
+) -> Vec<(&'n str, String)> {
+    let mut out = Vec::new();
+    for need in needs {
+        let (kind, name) = (need.kind, need.name.as_str());
+        if !present.contains(&("", kind, ns, name)) {
+            out.push((
+                need.ptr.as_str(),
+                format!(
+                    "{kind} {ns}/{name} is not in the tree; the pod could not start (set `optional: true` if that is intended)"
+                ),
+            ));
+            continue;
+        }
+        let Some(have) = keys.get(&(kind, ns, name)) else {
+            continue;
+        };
+        for (key, ptr) in need.keys.iter().filter(|(key, _)| !has_key(have, key)) {
+            out.push((
+                ptr.as_str(),
+                format!(
+                    "{kind} {ns}/{name} has no key {key:?} (it has: {})",
+                    key_list(have)
+                ),
+            ));
         }
     }
     out
