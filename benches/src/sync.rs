@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use coxswain_reconciler::notes::SyncSummary;
-use coxswain_reconciler::source::watch::DEFAULT_QUIET;
 use coxswain_reconciler::source::{Reference, Source, SourceConfig, Triggers};
 use coxswain_reconciler::sync::{Outcome, SyncConfig, Syncer};
 use coxswain_store::{Member, MemberConfig};
@@ -445,6 +444,7 @@ async fn commit_to_stored(
         _store_dir,
     } = running;
     let triggers = syncer.source().triggers()?;
+    let quiet = triggers.quiet();
     let (tx, mut rx) = mpsc::unbounded_channel();
     let (stop_tx, stop_rx) = oneshot::channel();
     let task = tokio::spawn(sync_loop(syncer, triggers, tx, stop_rx));
@@ -511,7 +511,7 @@ async fn commit_to_stored(
     Ok((
         Latency {
             stats: stats(latencies),
-            quiet_window_ms: ms(DEFAULT_QUIET),
+            quiet_window_ms: ms(quiet),
             update_ref_process: stats(update_ref),
             gap_ms: ms(gap),
             target_p50_ms: TARGET_COMMIT_TO_STORED_P50_MS,

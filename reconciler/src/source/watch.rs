@@ -2,11 +2,17 @@
 //! refs (or a plain folder's files) changed, when a webhook said so, or when the poll interval
 //! ran out, whichever comes first.
 //!
-//! A `git commit` touches several files under `.git` and a `git push` of many commits fires a
-//! webhook per branch, so signals that arrive close together are coalesced: after the first
-//! one, [`Triggers::wait`] keeps absorbing signals until a short quiet window passes with none
-//! (bounded, so a steady stream cannot starve the sync). The sync that follows reads the
-//! latest state anyway, so one wake-up per burst loses nothing.
+//! Signals that arrive close together are coalesced: after the first one, [`Triggers::wait`]
+//! keeps absorbing signals until a quiet window passes with none (bounded, so a steady stream
+//! cannot starve the sync). The sync that follows reads the latest state anyway, so one
+//! wake-up per burst loses nothing. How long the window is depends on what is watched:
+//!
+//! - A plain folder changes file by file (an editor saving several files, a `cp -r`), and a
+//!   sync in the middle would validate a half-written state, so it waits [`DEFAULT_QUIET`].
+//! - A local repository's watched refs only ever move by one atomic rename (`main.lock` onto
+//!   `main`), so any moment's ref is a whole commit that someone made. The window there
+//!   ([`REF_QUIET`]) only has to absorb the two or three inotify events of that one rename,
+//!   which arrive together; every millisecond more would be added to each commit's latency.
 //!
 //! notify calls back on its own thread; it only `try_send`s into a bounded tokio channel.
 //! A full channel means a wake-up is already pending, so dropping the signal is harmless.
@@ -26,6 +32,8 @@ use crate::error::{Error, Result};
 
 /// How long after the last signal of a burst [`Triggers::wait`] returns.
 pub const DEFAULT_QUIET: Duration = Duration::from_millis(25);
+/// The quiet window of a local repository's ref watch (see the module docs).
+pub const REF_QUIET: Duration = Duration::from_millis(2);
 /// The longest a burst can hold a wake-up back.
 pub const DEFAULT_MAX_DELAY: Duration = Duration::from_millis(500);
 
@@ -151,6 +159,7 @@ impl Triggers {
         });
         if let Some((git_dir, common_dir)) = source.watch_dirs() {
             triggers.watch_git_dirs(&git_dir, &common_dir)?;
+            triggers.quiet = REF_QUIET;
         }
         Ok(triggers)
     }
@@ -168,6 +177,11 @@ impl Triggers {
         self.quiet = quiet;
         self.max_delay = max_delay.max(quiet);
         self
+    }
+
+    /// The quiet window that ends a burst.
+    pub fn quiet(&self) -> Duration {
+        self.quiet
     }
 
     /// A handle for webhook receivers.
