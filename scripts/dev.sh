@@ -108,8 +108,10 @@ cmd_test() {
     log "cargo fmt --check"
     cargo fmt --all -- --check
     # Every cargo call below selects the same packages and targets (--workspace, all
-    # targets), so Cargo resolves the same features each time and RocksDB's C++ is compiled
-    # once, not once per differently-unified build.
+    # targets), so Cargo resolves the same features each time and `cargo build` and
+    # `cargo test` share one build of RocksDB's C++. `cargo clippy` has its own (on a cold
+    # cache its librocksdb-sys build script differs only in the hash of its bindgen build
+    # dependency), so a cold cache compiles RocksDB twice and a warm one not at all.
     log "cargo clippy --all-targets -- -D warnings"
     cargo clippy --locked --workspace --all-targets -- -D warnings
     log "cargo build (all targets)"
