@@ -5,6 +5,10 @@
 //! that arrive while an fsync runs wait for the next one together, so concurrent writers
 //! share fsyncs instead of queueing one each (group commit). The vote and log purges are
 //! synced before the call returns.
+//!
+//! The flusher holds the database too, so the last `LogStore` clone joins it when dropped:
+//! a detached thread could still be closing RocksDB while the process exits, and RocksDB
+//! then aborts on a destroyed mutex ("pthread lock: Invalid argument").
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -26,7 +30,25 @@ const KEY_COMMITTED: &[u8] = b"committed";
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<DB>,
-    flusher: mpsc::Sender<LogFlushed<TypeConfig>>,
+    flusher: Arc<Flusher>,
+}
+
+/// The flusher thread's inbox and handle; dropping it (with the last `LogStore`) closes the
+/// inbox, which ends the thread's loop, and waits for the thread to let go of the database.
+struct Flusher {
+    inbox: Option<mpsc::Sender<LogFlushed<TypeConfig>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        self.inbox = None;
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("the log flusher panicked");
+        }
+    }
 }
 
 impl std::fmt::Debug for LogStore {
@@ -63,12 +85,27 @@ impl LogStore {
         let flush_db = db.clone();
         // A plain thread, not a tokio task: fsync blocks, and it must not take a runtime
         // worker away from the Raft core. It ends when the last LogStore clone is dropped.
-        std::thread::Builder::new()
+        let flusher = match std::thread::Builder::new()
             .name("raft-log-flush".into())
             .spawn(move || flusher(flush_db, rx))
-            .map(|_| ())
-            .unwrap_or_else(|e| tracing::error!("cannot start the log flusher: {e}"));
-        LogStore { db, flusher: tx }
+        {
+            Ok(thread) => Flusher {
+                inbox: Some(tx),
+                thread: Some(thread),
+            },
+            Err(e) => {
+                // Appends then sync inline (see `append`): slower, never less durable.
+                tracing::error!("cannot start the log flusher: {e}");
+                Flusher {
+                    inbox: None,
+                    thread: None,
+                }
+            }
+        };
+        LogStore {
+            db,
+            flusher: Arc::new(flusher),
+        }
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>> {
@@ -230,8 +267,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         self.db.write(batch).map_err(|e| write_logs_err(&e))?;
         // Durable only once the flusher has synced the WAL; it calls back then.
-        if let Err(mpsc::SendError(cb)) = self.flusher.send(callback) {
-            // The flusher is gone (it could not start): sync here rather than lie.
+        let unsent = match &self.flusher.inbox {
+            Some(inbox) => inbox.send(callback).err().map(|mpsc::SendError(cb)| cb),
+            None => Some(callback),
+        };
+        if let Some(cb) = unsent {
+            // The flusher is gone (it could not start, or it died): sync here rather than lie.
             let r = self
                 .db
                 .flush_wal(true)
