@@ -19,11 +19,12 @@
 //!   concurrency). The lock only serialises; correctness against double allocation rests on the
 //!   exclusive link, so a process that skipped the lock still could not steal an address.
 //!
-//! Every file is first written completely to a temporary file and fsynced, then linked or
-//! renamed into place and the directory fsynced, so a crash never leaves a half-written file
-//! behind. A file that still cannot be read as an owner (edited by hand, a disk error) is
-//! counted as allocated and listed with an empty owner, never silently freed: handing its
-//! address out again could give two pods one IP.
+//! Every address file is first written completely to a temporary file and fsynced, then
+//! linked into place and the directory fsynced, so a crash never leaves a half-written file
+//! behind (`last_reserved_ip`, a hint, is renamed into place without fsyncs). A file that
+//! still cannot be read as an owner (edited by hand, a disk error) is counted as allocated and
+//! listed with an empty owner, never silently freed: handing its address out again could give
+//! two pods one IP.
 
 use std::collections::HashSet;
 use std::fs::{self, File};
@@ -358,25 +359,34 @@ impl Pool {
         }
     }
 
+    /// Not fsynced, unlike every other file here: the record is a hint (see
+    /// `read_last_reserved`), so a crash that loses or empties it only restarts the round,
+    /// and its two fsyncs were a tenth of a pod's sandbox time. The rename still keeps a
+    /// reader from seeing half a line.
     fn write_last_reserved(&self, addr: Ipv4Addr) -> Result<()> {
         let path = self.dir.join(LAST_RESERVED_FILE);
-        let temp = self.write_temp(format!("{addr}\n").as_bytes())?;
-        fs::rename(&temp.0, &path).map_err(Error::io("recording the last reserved IP", &path))?;
-        self.sync_dir()
+        let temp = self.temp_path();
+        fs::write(&temp.0, format!("{addr}\n"))
+            .map_err(Error::io("recording the last reserved IP", &temp.0))?;
+        fs::rename(&temp.0, &path).map_err(Error::io("recording the last reserved IP", &path))
     }
 
     /// Writes `contents` to a new temporary file in the state directory and fsyncs it; the
     /// guard removes the file unless it has been renamed away.
     fn write_temp(&self, contents: &[u8]) -> Result<TempFile> {
+        let guard = self.temp_path();
+        fsutil::write_new_synced(&guard.0, contents, "an IPAM temporary file")?;
+        Ok(guard)
+    }
+
+    /// A fresh temporary name in the state directory, removed when the guard drops.
+    fn temp_path(&self) -> TempFile {
         let name = format!(
             "{TEMP_PREFIX}{}-{}",
             std::process::id(),
             TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
         );
-        let path = self.dir.join(name);
-        let guard = TempFile(path);
-        fsutil::write_new_synced(&guard.0, contents, "an IPAM temporary file")?;
-        Ok(guard)
+        TempFile(self.dir.join(name))
     }
 
     fn remove_stale_temps(&self) -> Result<()> {
