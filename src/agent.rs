@@ -19,7 +19,7 @@ use coxswain_node::logs;
 use coxswain_node::net::BridgeConfig;
 use coxswain_node::pod::{NetProber, WorkerConfig};
 use coxswain_node::runtime::Runtime;
-use coxswain_node::runtime::linux::{LinuxConfig, LinuxRuntime};
+use coxswain_node::runtime::linux::{DEFAULT_WARM_SANDBOXES, LinuxConfig, LinuxRuntime};
 use coxswain_node::volume::HostPathPolicy;
 use coxswain_store::{Client, Kv};
 
@@ -65,6 +65,10 @@ pub struct NodeArgs {
     /// The most pids one container may have.
     #[arg(long, default_value_t = 4096)]
     pids_max: u64,
+    /// How many pod sandboxes (namespaces, veth and IP) to keep made ahead of pods, so a pod
+    /// starts without waiting for them; 0 turns this off.
+    #[arg(long, default_value_t = DEFAULT_WARM_SANDBOXES)]
+    warm_sandboxes: usize,
     /// A container log is rotated once it holds this many bytes (the kubelet's
     /// containerLogMaxSize, 10Mi).
     #[arg(long, default_value_t = logs::DEFAULT_MAX_BYTES)]
@@ -176,6 +180,7 @@ impl Agent {
                     cidr,
                 }),
                 pids_max: Some(args.pids_max),
+                warm_sandboxes: args.warm_sandboxes,
             })
             .context("setting up the container runtime")?,
         );
@@ -292,6 +297,7 @@ impl Stopper {
     pub fn stop_workloads(&self, grace: Duration) -> anyhow::Result<()> {
         pods::stop_all(self.runtime.as_ref(), &self.resolver, grace)
             .context("stopping the pods")?;
+        self.runtime.shutdown_warm();
         coxswain_node::net::teardown(&self.bridge).context("removing the pod bridge")?;
         Ok(())
     }

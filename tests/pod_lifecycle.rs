@@ -93,6 +93,7 @@ impl Node {
             launcher: PathBuf::from(env!("CARGO_BIN_EXE_coxswain")),
             network: None,
             pids_max: Some(256),
+            warm_sandboxes: 0,
         })
         .unwrap();
         let resolver = NodeResolver::new(

@@ -28,11 +28,20 @@ struct Node {
     rt: LinuxRuntime,
     busybox: PathBuf,
     sandboxes: std::sync::Mutex<Vec<String>>,
-    _state: tempfile::TempDir,
+    state: tempfile::TempDir,
 }
 
 impl Node {
     fn new(network: bool) -> Node {
+        Node::build(network, 0)
+    }
+
+    /// With a network and a pool of `warm` sandboxes made ahead of pods.
+    fn with_warm(warm: usize) -> Node {
+        Node::build(true, warm)
+    }
+
+    fn build(network: bool, warm_sandboxes: usize) -> Node {
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
         let tag = (std::process::id() % 1000) * 16 + n;
         let state = tempfile::tempdir().unwrap();
@@ -51,13 +60,14 @@ impl Node {
             launcher: PathBuf::from(env!("CARGO_BIN_EXE_coxswain")),
             network,
             pids_max: Some(256),
+            warm_sandboxes,
         })
         .unwrap();
         Node {
             rt,
             busybox,
             sandboxes: Default::default(),
-            _state: state,
+            state,
         }
     }
 
@@ -120,6 +130,7 @@ impl Drop for Node {
                 eprintln!("cleanup of sandbox {key}: {e}");
             }
         }
+        self.rt.shutdown_warm();
         if let Some(bridge) = self.rt.bridge()
             && let Err(e) = bridge.teardown()
         {
@@ -440,4 +451,163 @@ fn http_get(ip: Ipv4Addr, port: u16, timeout: Duration) -> String {
             _ => std::thread::sleep(Duration::from_millis(20)),
         }
     }
+}
+
+/// The owner recorded for each allocated pod IP of a node's state dir.
+fn ipam_owners(state: &Path) -> Vec<(String, String)> {
+    let mut owners = Vec::new();
+    for entry in std::fs::read_dir(state.join("ipam")).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.parse::<Ipv4Addr>().is_ok() {
+            let owner = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            owners.push((name, owner.trim_end().to_owned()));
+        }
+    }
+    owners
+}
+
+fn process_alive(pid: u32) -> bool {
+    // A killed holder may linger as a zombie until its parent reaps it: that is not alive.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .is_some_and(|zombie| !zombie)
+}
+
+fn wait_until(timeout: Duration, mut ok: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    ok()
+}
+
+#[test]
+fn a_warm_sandbox_becomes_the_pods_with_its_hostname_ip_and_cgroup() {
+    if !common::require_root("a_warm_sandbox_becomes_the_pods_with_its_hostname_ip_and_cgroup") {
+        return;
+    }
+    let node = Node::with_warm(2);
+    assert!(
+        node.rt.wait_warm(Duration::from_secs(20)),
+        "{:?}",
+        node.rt.warm_stats()
+    );
+    let warm_before = node.rt.warm_pids();
+    assert_eq!(warm_before.len(), 2);
+
+    let sb = node.sandbox("rt-warm", false);
+    let stats = node.rt.warm_stats().unwrap();
+    assert_eq!(stats.taken, 1, "{stats:?}");
+    assert_eq!(
+        sb.pid, warm_before[0],
+        "the oldest warm holder became the pod's"
+    );
+
+    // The address is filed under the pod now, not under a warm owner.
+    let ip = sb.pod_ip.unwrap();
+    let owners = ipam_owners(node.state.path());
+    let owner = owners
+        .iter()
+        .find(|(a, _)| *a == ip.to_string())
+        .map(|(_, o)| o.clone());
+    assert_eq!(
+        owner.as_deref(),
+        Some(node.sandboxes.lock().unwrap()[0].as_str()),
+        "{owners:?}"
+    );
+
+    // The holder is in the pod's sandbox cgroup.
+    let cgroups = std::fs::read_to_string(format!("/proc/{}/cgroup", sb.pid)).unwrap();
+    let key = node.sandboxes.lock().unwrap()[0].clone();
+    assert!(
+        cgroups.contains(&format!("/coxswain/{key}/sandbox")),
+        "{cgroups}"
+    );
+
+    // The container sees the pod's hostname and answers at the pod's IP.
+    let spec = node.spec(
+        "web",
+        "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www",
+    );
+    node.rt.start_container(&sb, &spec).unwrap();
+    let body = http_get(ip, 8080, Duration::from_secs(10));
+    assert!(body.ends_with("rt-warm\n"), "{body}");
+
+    // The agent dies (its launcher with it): sandboxes no pod took go, the pod's stays.
+    assert!(
+        node.rt.wait_warm(Duration::from_secs(20)),
+        "{:?}",
+        node.rt.warm_stats()
+    );
+    let unclaimed = node.rt.warm_pids();
+    assert!(!unclaimed.contains(&sb.pid));
+    let launcher = node.rt.launcher_pid().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(launcher).unwrap()),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || unclaimed
+            .iter()
+            .all(|p| !process_alive(*p))),
+        "warm holders {unclaimed:?} outlived their launcher"
+    );
+    assert!(
+        process_alive(sb.pid),
+        "the pod's holder died with the launcher"
+    );
+    let body = http_get(ip, 8080, Duration::from_secs(10));
+    assert!(body.ends_with("rt-warm\n"), "{body}");
+
+    // Shutting the pool down leaves no warm address behind.
+    node.rt.shutdown_warm();
+    let owners = ipam_owners(node.state.path());
+    assert!(
+        owners.iter().all(|(_, o)| !o.starts_with("warm-")),
+        "{owners:?}"
+    );
+}
+
+#[test]
+fn addresses_of_a_dead_agents_warm_sandboxes_are_freed_on_start() {
+    if !common::require_root("addresses_of_a_dead_agents_warm_sandboxes_are_freed_on_start") {
+        return;
+    }
+    let state = tempfile::tempdir().unwrap();
+    let n = SEQ.fetch_add(1, Ordering::Relaxed);
+    let tag = (std::process::id() % 1000) * 16 + n;
+    let cidr: ipnet::Ipv4Net = format!("10.123.{}.0/24", tag % 250).parse().unwrap();
+    let network = BridgeConfig {
+        name: format!("cxr{tag}"),
+        cidr,
+    };
+    // What an agent killed with SIGKILL leaves: an address filed under a warm owner, and one
+    // of a pod, which must stay.
+    let ipam = state.path().join("ipam");
+    std::fs::create_dir_all(&ipam).unwrap();
+    let base = u32::from(cidr.network());
+    let (stale, pod) = (Ipv4Addr::from(base + 50), Ipv4Addr::from(base + 51));
+    std::fs::write(ipam.join(stale.to_string()), "warm-999999-7\n").unwrap();
+    std::fs::write(ipam.join(pod.to_string()), "some-pod\n").unwrap();
+    let rt = LinuxRuntime::new(LinuxConfig {
+        state_dir: state.path().to_owned(),
+        launcher: PathBuf::from(env!("CARGO_BIN_EXE_coxswain")),
+        network: Some(network),
+        pids_max: Some(256),
+        warm_sandboxes: 0,
+    })
+    .unwrap();
+    let owners = ipam_owners(state.path());
+    if let Some(bridge) = rt.bridge() {
+        bridge.teardown().unwrap();
+    }
+    assert_eq!(owners, vec![(pod.to_string(), "some-pod".to_owned())]);
 }

@@ -28,7 +28,7 @@ use anyhow::{Context, anyhow, bail};
 use coxswain_node::cgroup::{CgroupVersion, Resources};
 use coxswain_node::image::{DEFAULT_ROOT, ImageStore};
 use coxswain_node::net::{self, BridgeConfig};
-use coxswain_node::runtime::linux::{LinuxConfig, LinuxRuntime};
+use coxswain_node::runtime::linux::{DEFAULT_WARM_SANDBOXES, LinuxConfig, LinuxRuntime};
 use coxswain_node::runtime::{
     ContainerId, ContainerSpec, Rootfs, Runtime, Sandbox, SandboxSpec, launcher, sandbox_key,
 };
@@ -85,6 +85,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(100);
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// The threads of the parallel starts run: one per core of the reference machine.
 const THREADS: usize = 2;
+/// How long a run waits for the warm pool to fill before it starts.
+const WARM_FILL_TIMEOUT: Duration = Duration::from_secs(10);
 /// The pause before a failed `stop_sandbox` is tried again.
 const STOP_RETRY_PAUSE: Duration = Duration::from_millis(10);
 
@@ -106,6 +108,9 @@ struct Report {
     /// start (a real agent starts it once, at boot) and cold caches.
     first_pod_ms: f64,
     latency: Latency,
+    /// The same latency run on a runtime without a warm pool: every sandbox made cold.
+    cold: ColdLatency,
+    warm: WarmReport,
     throughput: Throughput,
     runc: Peer,
     unshare: Peer,
@@ -141,6 +146,28 @@ struct Latency {
     stop_retried: usize,
     stop_first_failure: Option<String>,
     target_exec_p50_ms: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct ColdLatency {
+    start_to_exec: Stats,
+    sandbox: Stats,
+    container: Stats,
+}
+
+/// How the warm sandbox pool served each run. Each run starts from a full pool, as after an
+/// agent has been idle for a moment.
+#[derive(Debug, Serialize)]
+struct WarmReport {
+    /// Sandboxes kept ready (the agent's default).
+    pool: usize,
+    /// Pods of the latency run whose sandbox was taken warm.
+    latency_taken: u64,
+    sequential_taken: u64,
+    parallel_taken: u64,
+    /// Warm sandboxes made over the whole run, and attempts that failed.
+    made: u64,
+    failed: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -231,10 +258,17 @@ struct Started {
     at: Instant,
     sandbox_time: Duration,
     exec_time: Duration,
+    /// Whether its sandbox came from the warm pool (only exact when one pod starts at a time).
+    warm: bool,
 }
 
 impl Node {
-    fn new(launcher: &Path, busybox: &Path, network: BridgeConfig) -> anyhow::Result<Node> {
+    fn new(
+        launcher: &Path,
+        busybox: &Path,
+        network: BridgeConfig,
+        warm_sandboxes: usize,
+    ) -> anyhow::Result<Node> {
         let state = tempfile::tempdir().context("creating the runtime's state dir")?;
         let rt = LinuxRuntime::new(LinuxConfig {
             state_dir: state.path().to_owned(),
@@ -243,6 +277,7 @@ impl Node {
             // A bound like a node's `podPidsLimit`, so the pids controller is configured as
             // it would be on a real node.
             pids_max: Some(1024),
+            warm_sandboxes,
         })
         .context("opening the Linux runtime")?;
         // A small web pod as one would write it: a cpu request and a memory limit, so each
@@ -299,6 +334,7 @@ impl Node {
             share_process_namespace: false,
             resources: self.container.resources,
         };
+        let taken_before = self.warm_taken();
         let at = Instant::now();
         let sandbox = self
             .rt
@@ -316,7 +352,18 @@ impl Node {
             at,
             sandbox_time,
             exec_time,
+            warm: self.warm_taken() > taken_before,
         })
+    }
+
+    fn warm_taken(&self) -> u64 {
+        self.rt.warm_stats().map_or(0, |w| w.taken)
+    }
+
+    /// Lets the pool fill, as it would on an agent idle for a moment; a pool that cannot fill
+    /// in that time is reported by its counts, not hidden.
+    fn let_warm_fill(&self) {
+        self.rt.wait_warm(WARM_FILL_TIMEOUT);
     }
 
     /// Waits until the pod answers a TCP connect on [`PORT`]; returns when it first did.
@@ -444,47 +491,57 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         cidr: format!("10.124.{}.0/24", pid % 250).parse()?,
     };
     let _bridge = BridgeGuard(network.name.clone());
-    let node = Node::new(&launcher, &busybox, network)?;
+    let node = Node::new(&launcher, &busybox, network.clone(), DEFAULT_WARM_SANDBOXES)?;
 
     // The first pod also starts the launcher and warms the page cache; a real agent pays that
     // once, at boot, so it is reported apart.
-    let warm = node.start_pod("warm", 0)?;
-    let first_pod = node.wait_ready(&warm)?.saturating_duration_since(warm.at);
+    let first = node.start_pod("first", 0)?;
+    let first_pod = node.wait_ready(&first)?.saturating_duration_since(first.at);
     let mut stops = node.stop_all()?;
 
+    node.let_warm_fill();
     let pb = bar(plan.pods as u64, "pod start → Ready, one by one", hidden);
-    let (mut sandbox, mut container, mut exec, mut ready) = (vec![], vec![], vec![], vec![]);
-    for n in 0..plan.pods {
-        let pod = node.start_pod("lat", n)?;
-        let at = node.wait_ready(&pod)?;
-        sandbox.push(pod.sandbox_time);
-        container.push(pod.exec_time.saturating_sub(pod.sandbox_time));
-        exec.push(pod.exec_time);
-        ready.push(at.saturating_duration_since(pod.at));
-        pb.inc(1);
-    }
+    let lat = latency_run(&node, "lat", plan.pods, &pb)?;
     pb.finish_and_clear();
     stops.extend(node.stop_all()?);
+    let latency_taken = lat.warm;
 
     let pb = bar(
         plan.pods as u64 * 2,
         "pod starts, as fast as possible",
         hidden,
     );
+    node.let_warm_fill();
+    let before = node.warm_taken();
     let sequential = starts_sequential(&node, plan.pods, &pb)?;
+    let sequential_taken = node.warm_taken() - before;
     stops.extend(node.stop_all()?);
+    node.let_warm_fill();
+    let before = node.warm_taken();
     let parallel = starts_parallel(&node, plan.pods, &pb)?;
+    let parallel_taken = node.warm_taken() - before;
     stops.extend(node.stop_all()?);
     pb.finish_and_clear();
+    let warm_stats = node.rt.warm_stats().unwrap_or_default();
 
     // Every pod is stopped: the launcher is as idle as it gets.
     let launcher_rss = launcher_rss()?;
     let stop_failures = std::mem::take(&mut *node.stop_failures());
     drop(node);
 
+    // The same latency run without a warm pool, on the same bridge (the first runtime's pods
+    // are all gone), so the pool's share of the figures is seen in one run.
+    let cold_node = Node::new(&launcher, &busybox, network, 0)?;
+    let first = cold_node.start_pod("cold-first", 0)?;
+    cold_node.wait_ready(&first)?;
+    let pb = bar(plan.pods as u64, "pod start → Ready, warm pool off", hidden);
+    let cold = latency_run(&cold_node, "cold", plan.pods, &pb)?;
+    pb.finish_and_clear();
+    drop(cold_node);
+
     let agent_idle_rss = agent_idle_rss(&launcher, hidden)?;
 
-    let exec = stats(exec);
+    let exec = stats(lat.exec);
     let runc = runc_peer(&busybox, plan.peer_runs, exec.p50_ms, hidden)?;
     let unshare = unshare_peer(plan.peer_runs, exec.p50_ms, hidden)?;
 
@@ -515,13 +572,26 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         first_pod_ms: ms(first_pod),
         latency: Latency {
             start_to_exec: exec,
-            sandbox: stats(sandbox),
-            container: stats(container),
-            start_to_ready: stats(ready),
+            sandbox: stats(lat.sandbox),
+            container: stats(lat.container),
+            start_to_ready: stats(lat.ready),
             stop: stats(stops),
             stop_retried: stop_failures.len(),
             stop_first_failure: stop_failures.first().cloned(),
             target_exec_p50_ms: TARGET_EXEC_P50_MS,
+        },
+        cold: ColdLatency {
+            start_to_exec: stats(cold.exec),
+            sandbox: stats(cold.sandbox),
+            container: stats(cold.container),
+        },
+        warm: WarmReport {
+            pool: DEFAULT_WARM_SANDBOXES,
+            latency_taken,
+            sequential_taken,
+            parallel_taken,
+            made: warm_stats.made,
+            failed: warm_stats.failed,
         },
         throughput: Throughput {
             pods: plan.pods,
@@ -545,6 +615,39 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         print_text(&report);
     }
     Ok(())
+}
+
+/// The samples of one latency run.
+#[derive(Debug, Default)]
+struct LatencyRun {
+    sandbox: Vec<Duration>,
+    container: Vec<Duration>,
+    exec: Vec<Duration>,
+    ready: Vec<Duration>,
+    /// How many sandboxes came from the warm pool.
+    warm: u64,
+}
+
+/// Starts `pods` pods one at a time, each waited for until Ready before the next.
+fn latency_run(
+    node: &Node,
+    run: &str,
+    pods: usize,
+    pb: &ProgressBar,
+) -> anyhow::Result<LatencyRun> {
+    let mut r = LatencyRun::default();
+    for n in 0..pods {
+        let pod = node.start_pod(run, n)?;
+        let at = node.wait_ready(&pod)?;
+        r.sandbox.push(pod.sandbox_time);
+        r.container
+            .push(pod.exec_time.saturating_sub(pod.sandbox_time));
+        r.exec.push(pod.exec_time);
+        r.ready.push(at.saturating_duration_since(pod.at));
+        r.warm += u64::from(pod.warm);
+        pb.inc(1);
+    }
+    Ok(r)
 }
 
 /// Starts `pods` pods one after another with no wait between them; the clock stops when the
@@ -919,6 +1022,31 @@ fn print_text(r: &Report) {
         "",
         None,
     );
+    let w = &r.warm;
+    row(
+        &format!("  sandboxes taken from the warm pool ({})", w.pool),
+        format!("{} of {}", w.latency_taken, r.pods),
+        "",
+        None,
+    );
+    row(
+        "pod start → exec'd, p50, warm pool off",
+        format!("{:.2} ms", r.cold.start_to_exec.p50_ms),
+        "",
+        None,
+    );
+    row(
+        "  of which run_sandbox, p50",
+        format!("{:.2} ms", r.cold.sandbox.p50_ms),
+        "",
+        None,
+    );
+    row(
+        "  of which start_container, p50",
+        format!("{:.2} ms", r.cold.container.p50_ms),
+        "",
+        None,
+    );
     row(
         "pod start → Ready (TCP connect :8080), p50",
         format!("{:.2} ms", l.start_to_ready.p50_ms),
@@ -933,13 +1061,16 @@ fn print_text(r: &Report) {
     );
     let t = &r.throughput;
     row(
-        "starts/s, one after another",
+        &format!("starts/s, one after another ({} warm)", w.sequential_taken),
         format!("{:.0}/s", t.sequential_per_s),
         "",
         None,
     );
     row(
-        &format!("starts/s, {} threads", t.threads),
+        &format!(
+            "starts/s, {} threads ({} warm)",
+            t.threads, w.parallel_taken
+        ),
         format!("{:.0}/s", t.parallel_per_s),
         "",
         None,
@@ -1003,6 +1134,14 @@ fn print_text(r: &Report) {
         r.pods,
         READY_POLL.as_micros(),
         r.first_pod_ms
+    );
+    println!(
+        "warm pool: the runtime keeps {} sandboxes (namespaces, veth, IP) made ahead, as the \
+         agent does by default; a pod takes one and only gets its hostname, its cgroups and \
+         the IP handed over. Each run starts from a full pool; a pod that finds it empty has \
+         its sandbox made cold. Made over the run: {}, failed: {}. \"warm pool off\" is the \
+         same latency run on a runtime without one.",
+        w.pool, w.made, w.failed
     );
     println!(
         "starts/s: {} pods started back to back, the clock stopping when the last has exec'd \

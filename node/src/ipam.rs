@@ -195,6 +195,36 @@ impl Pool {
         Ok(Some(first))
     }
 
+    /// Hands `addr`, held by `from`, to `to`: how a warm sandbox's address becomes its pod's.
+    /// Fails with [`Error::State`] unless `from` holds `addr`. `to` should hold nothing yet;
+    /// this is not checked, since that would read every address file, and [`Pool::release`]
+    /// frees all of an owner's addresses anyway.
+    ///
+    /// One file is replaced by rename, so a reader sees the old owner or the new one, never
+    /// neither. Not fsynced: a pod IP means something only while its pod's network namespace
+    /// lives, and that dies with the machine. An agent crash keeps the page cache (the rename
+    /// is seen); a power loss that drops it leaves the warm owner, whose address the next
+    /// start frees, which is right, since the pod is gone too.
+    pub fn reassign(&self, addr: Ipv4Addr, from: &str, to: &str) -> Result<()> {
+        validate_owner(from)?;
+        validate_owner(to)?;
+        let _lock = self.lock()?;
+        let path = self.dir.join(addr.to_string());
+        let held = read_owner(&path).map_err(Error::io("reading a pod IP's owner", &path))?;
+        if held.as_deref() != Some(from) {
+            return Err(Error::State {
+                path,
+                reason: format!("expected owner {from:?}, found {held:?}"),
+            });
+        }
+        let temp = self.temp_path();
+        fs::write(&temp.0, format!("{to}\n"))
+            .map_err(Error::io("writing a pod IP's owner", &temp.0))?;
+        fs::rename(&temp.0, &path).map_err(Error::io("handing over a pod IP", &path))?;
+        tracing::debug!(%addr, from, to, "reassigned pod IP");
+        Ok(())
+    }
+
     /// The address `owner` holds, if any.
     pub fn get(&self, owner: &str) -> Result<Option<Ipv4Addr>> {
         validate_owner(owner)?;
@@ -619,6 +649,35 @@ mod tests {
             .filter(|name| name.starts_with(TEMP_PREFIX))
             .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[test]
+    fn reassign_hands_an_address_to_a_new_owner_only_from_its_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = Pool::open(dir.path(), net("10.88.0.0/29")).unwrap();
+        let ip = pool.allocate("warm-1-0").unwrap();
+        let other = pool.allocate("pod-b").unwrap();
+        // Only the holder's address can be handed over.
+        let err = pool.reassign(other, "warm-1-0", "pod-a").unwrap_err();
+        assert!(matches!(err, Error::State { .. }), "{err}");
+        let err = pool.reassign(ip, "warm-9-9", "pod-a").unwrap_err();
+        assert!(matches!(err, Error::State { .. }), "{err}");
+        assert!(pool.reassign(ip, "warm-1-0", "bad/owner").is_err());
+
+        pool.reassign(ip, "warm-1-0", "pod-a").unwrap();
+        assert_eq!(pool.get("pod-a").unwrap(), Some(ip));
+        assert_eq!(pool.get("warm-1-0").unwrap(), None);
+        // The new owner's address is freed like any other; nothing else moved.
+        assert_eq!(pool.release("warm-1-0").unwrap(), None);
+        assert_eq!(pool.release("pod-a").unwrap(), Some(ip));
+        assert_eq!(pool.list().unwrap(), vec![(other, "pod-b".to_owned())]);
+        // No temporary file is left behind.
+        let temps = fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(TEMP_PREFIX))
+            .count();
+        assert_eq!(temps, 0);
     }
 
     #[test]

@@ -36,6 +36,7 @@ use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::{CloneFlags, setns, unshare};
+use nix::sys::signal::{SigSet, Signal};
 use nix::sys::stat::{Mode, SFlag, makedev, mknod, umask};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Gid, Pid, Uid, fork, pipe2, pivot_root, setsid};
@@ -112,6 +113,11 @@ pub struct SandboxLaunch {
     pub own_pid: bool,
     /// The `cgroup.procs` files the holder joins.
     pub cgroup_procs: Vec<PathBuf>,
+    /// A warm sandbox, made before any pod asks for it (see `runtime::warm`): the holder is
+    /// the launcher's own child and dies with the launcher (a parent-death signal) until the
+    /// agent adopts it for a pod with SIGUSR1. Needs `own_network` and not `own_pid`.
+    #[serde(default)]
+    pub warm: bool,
 }
 
 /// Start a container in a sandbox.
@@ -254,6 +260,7 @@ fn handle(request: &Request) -> Result<u32, String> {
     let _ = std::io::stdout().flush();
     let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
     let (pid_r, pid_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    let launcher = nix::unistd::getpid();
     // SAFETY: the launcher has exactly one thread (checked in `serve`), so the child starts
     // with a consistent heap and no lock held by a vanished thread.
     #[allow(unsafe_code)]
@@ -263,6 +270,7 @@ fn handle(request: &Request) -> Result<u32, String> {
             drop(err_r);
             drop(pid_r);
             let code = match request {
+                Request::Sandbox(s) if s.warm => warm_holder(s, launcher, err_w, pid_w),
                 Request::Sandbox(s) => sandbox_shim(s, err_w, pid_w),
                 Request::Container(c) => container_shim(c, err_w, pid_w),
                 Request::Exec(e) => exec_shim(e, err_w, pid_w),
@@ -360,6 +368,48 @@ fn sandbox_shim(req: &SandboxLaunch, err_w: OwnedFd, pid_w: OwnedFd) -> i32 {
             0
         }
     }
+}
+
+/// A warm sandbox's holder, forked straight from the launcher (no `own_pid`, so no second
+/// fork is needed): new network, UTS and IPC namespaces, then a wait for the agent to adopt
+/// it. Until then it must not outlive the agent, or an agent killed with SIGKILL would leave
+/// holders, veths and addresses no pod owns: the parent-death signal ends it when the
+/// launcher (which ends when the agent's pipe closes) is gone. Adoption is SIGUSR1, which
+/// lifts that tie, and from then on it holds like any sandbox's holder.
+fn warm_holder(req: &SandboxLaunch, launcher: Pid, err_w: OwnedFd, pid_w: OwnedFd) -> i32 {
+    detach_stdio();
+    if !req.own_network || req.own_pid {
+        return report(
+            &err_w,
+            "a warm sandbox has its own network and no PID namespace",
+        );
+    }
+    let flags = CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWUTS;
+    if let Err(e) = unshare(flags) {
+        return report(&err_w, &format!("create the pod's namespaces: {e}"));
+    }
+    if let Err(e) = nix::unistd::sethostname(&req.hostname) {
+        return report(&err_w, &format!("set hostname {:?}: {e}", req.hostname));
+    }
+    if let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
+        return report(&err_w, &format!("set the parent-death signal: {e}"));
+    }
+    // The launcher may have ended before the signal was armed; then nobody would send it.
+    if nix::unistd::getppid() != launcher {
+        return report(&err_w, "the launcher ended while the holder started");
+    }
+    // Blocked before the agent learns the pid, so an early SIGUSR1 waits instead of killing.
+    let adopt = SigSet::from(Signal::SIGUSR1);
+    if let Err(e) = adopt.thread_block() {
+        return report(&err_w, &format!("block SIGUSR1: {e}"));
+    }
+    send_pid(pid_w, nix::unistd::getpid());
+    drop(err_w);
+    let _ = nix::unistd::chdir("/");
+    close_fds_from(3, None);
+    while adopt.wait() != Ok(Signal::SIGUSR1) {}
+    let _ = nix::sys::prctl::set_pdeathsig(None);
+    hold()
 }
 
 /// The holder's whole life: keep the namespaces alive and, as PID 1 of a shared PID

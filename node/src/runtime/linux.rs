@@ -22,14 +22,16 @@ use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use nix::sched::{CloneFlags, setns};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
 use super::launcher::{self, ContainerLaunch, ExecLaunch, ExitRecord, Process, Request, Response};
+use super::warm::{OWNER_PREFIX, Warm, WarmPool, WarmStats};
 use super::{
     ContainerId, ContainerSpec, ContainerState, EXEC_OUTPUT_LIMIT, ExecOutput, Runtime, Sandbox,
     SandboxSpec, rootfs,
@@ -53,18 +55,36 @@ pub struct LinuxConfig {
     pub network: Option<BridgeConfig>,
     /// The pids limit of every container (the kubelet's `podPidsLimit`).
     pub pids_max: Option<u64>,
+    /// How many sandboxes to keep made ahead of pods (see [`super::warm`]); 0 turns the pool
+    /// off. Used only with a `network`.
+    pub warm_sandboxes: usize,
 }
+
+/// The agent's default for [`LinuxConfig::warm_sandboxes`]: enough for a small burst of
+/// pods, few enough that the idle cost (a sleeping process, a veth and an address each) is
+/// nothing to notice.
+pub const DEFAULT_WARM_SANDBOXES: usize = 4;
 
 /// The Linux runtime. Cheap to share behind an `Arc`; calls from several threads are safe
 /// (the launcher answers one request at a time, and each request takes a few milliseconds).
 #[derive(Debug)]
 pub struct LinuxRuntime {
     cfg: LinuxConfig,
-    launcher: Mutex<Option<LauncherProcess>>,
+    launcher: Arc<Launcher>,
     network: Option<(Bridge, Pool)>,
+    /// `None` without a network, with `warm_sandboxes` 0, and after [`LinuxRuntime::shutdown_warm`].
+    warm: Mutex<Option<Arc<WarmPool>>>,
     /// Open cgroup handles by path: a handle removes its cgroup when dropped while empty, so
     /// the runtime keeps one for as long as the cgroup is meant to exist.
     cgroups: Mutex<HashMap<String, Cgroup>>,
+}
+
+/// The launcher process, started on first use and again if it dies; shared with the warm
+/// sandbox thread.
+#[derive(Debug)]
+struct Launcher {
+    binary: PathBuf,
+    process: Mutex<Option<LauncherProcess>>,
 }
 
 #[derive(Debug)]
@@ -107,16 +127,71 @@ impl LinuxRuntime {
         let network = match &cfg.network {
             Some(net) => {
                 let pool = Pool::open(&cfg.state_dir.join("ipam"), net.cidr)?;
-                Some((Bridge::ensure(net)?, pool))
+                let bridge = Bridge::ensure(net)?;
+                free_stale_warm(&bridge, &pool)?;
+                Some((bridge, pool))
             }
             None => None,
         };
+        let launcher = Arc::new(Launcher {
+            binary: cfg.launcher.clone(),
+            process: Mutex::new(None),
+        });
+        let warm = match &network {
+            Some((bridge, pool)) if cfg.warm_sandboxes > 0 => {
+                let (l, b, p) = (Arc::clone(&launcher), bridge.clone(), pool.clone());
+                let (b2, p2) = (bridge.clone(), pool.clone());
+                Some(Arc::new(WarmPool::start(
+                    cfg.warm_sandboxes,
+                    Box::new(move || make_warm(&l, &b, &p)),
+                    Box::new(move |w| destroy_warm(w, &b2, &p2)),
+                )?))
+            }
+            _ => None,
+        };
         Ok(LinuxRuntime {
             cfg,
-            launcher: Mutex::new(None),
+            launcher,
             network,
+            warm: Mutex::new(warm),
             cgroups: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// How the warm sandbox pool has done; `None` when there is none.
+    pub fn warm_stats(&self) -> Option<WarmStats> {
+        self.warm_pool().map(|w| w.stats())
+    }
+
+    /// Waits until the warm sandbox pool is full, for at most `timeout`: for a benchmark or a
+    /// test that wants to start from an agent that has been idle a moment. Whether it is full
+    /// (`false` without a pool).
+    pub fn wait_warm(&self, timeout: Duration) -> bool {
+        self.warm_pool().is_some_and(|w| w.wait_full(timeout))
+    }
+
+    /// Removes the warm sandboxes and stops making them, before the agent takes its bridge
+    /// down; pods that took one are not touched.
+    pub fn shutdown_warm(&self) {
+        let taken = self.warm.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(pool) = taken {
+            pool.stop();
+        }
+    }
+
+    /// The holders of the warm sandboxes ready now (for tests).
+    pub fn warm_pids(&self) -> Vec<u32> {
+        self.warm_pool().map(|w| w.pids()).unwrap_or_default()
+    }
+
+    /// The launcher's pid, if it is running (for tests of what dies with it).
+    pub fn launcher_pid(&self) -> Option<u32> {
+        self.launcher.pid()
+    }
+
+    /// The pool, if any, without holding the runtime's lock on it (waits happen outside).
+    fn warm_pool(&self) -> Option<Arc<WarmPool>> {
+        self.warm.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The node's bridge, if it has one (for teardown by `coxswain up` and tests).
@@ -133,76 +208,39 @@ impl LinuxRuntime {
             .join(format!("{}.{}", id.name, id.attempt))
     }
 
-    /// Sends one request to the launcher, starting it if needed (and again if it died).
-    fn request(&self, request: &Request) -> Result<u32> {
-        let line = serde_json::to_string(request).map_err(|e| Error::State {
-            path: self.cfg.launcher.clone(),
-            reason: format!("encode launcher request: {e}"),
-        })?;
-        let mut guard = self.launcher.lock().unwrap_or_else(|p| p.into_inner());
-        for attempt in 0..2 {
-            if guard.is_none() {
-                *guard = Some(self.spawn_launcher()?);
-            }
-            let Some(launcher) = guard.as_mut() else {
-                continue;
-            };
-            let mut answer = String::new();
-            let sent = writeln!(launcher.stdin, "{line}")
-                .and_then(|()| launcher.stdin.flush())
-                .and_then(|()| launcher.stdout.read_line(&mut answer));
-            match sent {
-                Ok(n) if n > 0 => {
-                    let response: Response =
-                        serde_json::from_str(&answer).map_err(|e| Error::State {
-                            path: self.cfg.launcher.clone(),
-                            reason: format!("bad launcher answer {answer:?}: {e}"),
-                        })?;
-                    return match (response.pid, response.error) {
-                        (Some(pid), None) => Ok(pid),
-                        (_, Some(error)) => Err(Error::Launch { reason: error }),
-                        (None, None) => Err(Error::Launch {
-                            reason: "the launcher gave no pid".to_owned(),
-                        }),
-                    };
-                }
-                // The launcher died (EOF or a broken pipe): start a new one and retry once;
-                // a request is only ever half-done if the launcher crashed mid-fork, which
-                // leaves at most an orphan the next list() shows.
-                _ => {
-                    if let Some(mut dead) = guard.take() {
-                        let _ = dead.child.kill();
-                        let _ = dead.child.wait();
-                    }
-                    tracing::warn!(attempt, "the launcher is gone; starting a new one");
-                }
-            }
+    /// Makes warm sandbox `w` the sandbox of `spec`'s pod: its holder into the pod's cgroup
+    /// (`procs`), the pod's hostname, its address handed to the pod, and the holder told it
+    /// now belongs to a pod (SIGUSR1: it stops dying with the launcher).
+    fn adopt(
+        &self,
+        w: &Warm,
+        spec: &SandboxSpec,
+        procs: &[PathBuf],
+        pool: &Pool,
+    ) -> Result<SandboxRecord> {
+        for file in procs {
+            fs::write(file, w.pid.to_string()).map_err(Error::io("move the warm holder", file))?;
         }
-        Err(Error::Launch {
-            reason: "the launcher keeps dying".to_owned(),
+        set_hostname(w.pid, &spec.hostname)?;
+        kill(Pid::from_raw(w.pid as i32), Signal::SIGUSR1)
+            .map_err(Error::sys(format!("adopt warm sandbox holder {}", w.pid)))?;
+        pool.reassign(w.ip, &w.owner, &spec.key)?;
+        Ok(SandboxRecord {
+            sandbox: Sandbox {
+                key: spec.key.clone(),
+                pid: w.pid,
+                pod_ip: Some(w.ip),
+                host_network: false,
+                share_process_namespace: false,
+            },
+            start_ticks: w.start_ticks,
+            host_if: Some(w.host_if.clone()),
         })
     }
 
-    fn spawn_launcher(&self) -> Result<LauncherProcess> {
-        let mut child = Command::new(&self.cfg.launcher)
-            .arg(launcher::ARG)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .env_clear()
-            .spawn()
-            .map_err(Error::io("start the launcher", &self.cfg.launcher))?;
-        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
-            let _ = child.kill();
-            return Err(Error::Launch {
-                reason: "the launcher has no pipes".to_owned(),
-            });
-        };
-        Ok(LauncherProcess {
-            child,
-            stdin,
-            stdout: BufReader::new(stdout),
-        })
+    /// Sends one request to the launcher.
+    fn request(&self, request: &Request) -> Result<u32> {
+        self.launcher.request(request)
     }
 
     fn cgroup_create(&self, path: &str, res: &Resources) -> Result<Vec<PathBuf>> {
@@ -264,6 +302,194 @@ impl LinuxRuntime {
     fn read_container(&self, id: &ContainerId) -> Result<Option<ContainerRecord>> {
         read_json(&self.container_dir(id).join("container.json"))
     }
+}
+
+impl Launcher {
+    /// Sends one request to the launcher, starting it if needed (and again if it died).
+    fn request(&self, request: &Request) -> Result<u32> {
+        let line = serde_json::to_string(request).map_err(|e| Error::State {
+            path: self.binary.clone(),
+            reason: format!("encode launcher request: {e}"),
+        })?;
+        let mut guard = self.process.lock().unwrap_or_else(|p| p.into_inner());
+        for attempt in 0..2 {
+            if guard.is_none() {
+                *guard = Some(self.spawn()?);
+            }
+            let Some(launcher) = guard.as_mut() else {
+                continue;
+            };
+            let mut answer = String::new();
+            let sent = writeln!(launcher.stdin, "{line}")
+                .and_then(|()| launcher.stdin.flush())
+                .and_then(|()| launcher.stdout.read_line(&mut answer));
+            match sent {
+                Ok(n) if n > 0 => {
+                    let response: Response =
+                        serde_json::from_str(&answer).map_err(|e| Error::State {
+                            path: self.binary.clone(),
+                            reason: format!("bad launcher answer {answer:?}: {e}"),
+                        })?;
+                    return match (response.pid, response.error) {
+                        (Some(pid), None) => Ok(pid),
+                        (_, Some(error)) => Err(Error::Launch { reason: error }),
+                        (None, None) => Err(Error::Launch {
+                            reason: "the launcher gave no pid".to_owned(),
+                        }),
+                    };
+                }
+                // The launcher died (EOF or a broken pipe): start a new one and retry once;
+                // a request is only ever half-done if the launcher crashed mid-fork, which
+                // leaves at most an orphan the next list() shows.
+                _ => {
+                    if let Some(mut dead) = guard.take() {
+                        let _ = dead.child.kill();
+                        let _ = dead.child.wait();
+                    }
+                    tracing::warn!(attempt, "the launcher is gone; starting a new one");
+                }
+            }
+        }
+        Err(Error::Launch {
+            reason: "the launcher keeps dying".to_owned(),
+        })
+    }
+
+    fn spawn(&self) -> Result<LauncherProcess> {
+        let mut child = Command::new(&self.binary)
+            .arg(launcher::ARG)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .env_clear()
+            .spawn()
+            .map_err(Error::io("start the launcher", &self.binary))?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            let _ = child.kill();
+            return Err(Error::Launch {
+                reason: "the launcher has no pipes".to_owned(),
+            });
+        };
+        Ok(LauncherProcess {
+            child,
+            stdin,
+            stdout: BufReader::new(stdout),
+        })
+    }
+
+    fn pid(&self) -> Option<u32> {
+        let guard = self.process.lock().unwrap_or_else(|p| p.into_inner());
+        guard.as_ref().map(|l| l.child.id())
+    }
+
+    /// Closes the launcher's stdin, which ends it, and waits for it.
+    fn close(&self) {
+        let taken = self
+            .process
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(mut l) = taken {
+            drop(l.stdin);
+            let _ = l.child.wait();
+        }
+    }
+}
+
+/// Numbers warm sandboxes apart within one agent process.
+static WARM_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Makes one warm sandbox: a holder from the launcher, an address, a veth.
+fn make_warm(launcher: &Launcher, bridge: &Bridge, pool: &Pool) -> Result<Warm> {
+    let owner = format!(
+        "{OWNER_PREFIX}{}-{}",
+        std::process::id(),
+        WARM_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let pid = launcher.request(&Request::Sandbox(launcher::SandboxLaunch {
+        hostname: owner.clone(),
+        own_network: true,
+        own_pid: false,
+        cgroup_procs: Vec::new(),
+        warm: true,
+    }))?;
+    let start_ticks = start_ticks(pid).ok_or_else(|| Error::Launch {
+        reason: format!("the warm sandbox holder {pid} died at start"),
+    })?;
+    let wired = (|| -> Result<(std::net::Ipv4Addr, String)> {
+        let ip = pool.allocate(&owner)?;
+        let host_if = host_if_name(&owner);
+        bridge.attach(Path::new(&format!("/proc/{pid}/ns/net")), ip, &host_if)?;
+        Ok((ip, host_if))
+    })();
+    match wired {
+        Ok((ip, host_if)) => Ok(Warm {
+            owner,
+            pid,
+            start_ticks,
+            ip,
+            host_if,
+        }),
+        Err(e) => {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            let _ = pool.release(&owner);
+            Err(e)
+        }
+    }
+}
+
+/// Removes a warm sandbox no pod took: its holder, its veth (which would go with the holder's
+/// namespace anyway, but later) and its address.
+fn destroy_warm(w: &Warm, bridge: &Bridge, pool: &Pool) {
+    if alive(w.pid, w.start_ticks) {
+        let _ = kill(Pid::from_raw(w.pid as i32), Signal::SIGKILL);
+    }
+    if let Err(e) = bridge.detach(&w.host_if) {
+        tracing::warn!(host_if = %w.host_if, error = %e, "could not remove a warm sandbox's veth");
+    }
+    if let Err(e) = pool.release(&w.owner) {
+        tracing::warn!(owner = %w.owner, error = %e, "could not free a warm sandbox's address");
+    }
+}
+
+/// Frees what warm sandboxes of an earlier agent left: their holders died with that agent's
+/// launcher, and their veths with the holders' namespaces, but their addresses are on disk.
+fn free_stale_warm(bridge: &Bridge, pool: &Pool) -> Result<()> {
+    for (addr, owner) in pool.list()? {
+        if owner.starts_with(OWNER_PREFIX) {
+            let host_if = host_if_name(&owner);
+            if let Err(e) = bridge.detach(&host_if) {
+                tracing::warn!(%host_if, error = %e, "could not remove a stale warm veth");
+            }
+            pool.release(&owner)?;
+            tracing::debug!(%addr, owner, "freed a stale warm sandbox's address");
+        }
+    }
+    Ok(())
+}
+
+/// Sets the hostname in the UTS namespace of process `pid`, from a thread of our own that
+/// joins it (the namespace is per thread, so the agent's other threads keep the host's).
+fn set_hostname(pid: u32, hostname: &str) -> Result<()> {
+    let path = PathBuf::from(format!("/proc/{pid}/ns/uts"));
+    let ns = fs::File::open(&path).map_err(Error::io("open the pod's UTS namespace", &path))?;
+    let name = hostname.to_owned();
+    let joined = std::thread::Builder::new()
+        .name("coxswain-uts".into())
+        .spawn(move || -> Result<()> {
+            setns(&ns, CloneFlags::CLONE_NEWUTS).map_err(Error::sys(format!(
+                "enter the UTS namespace {}",
+                path.display()
+            )))?;
+            nix::unistd::sethostname(&name).map_err(Error::sys(format!("set hostname {name:?}")))
+        })
+        .map_err(Error::io("start a thread", Path::new("/proc/self")))?
+        .join();
+    joined.unwrap_or_else(|_| {
+        Err(Error::Launch {
+            reason: "the hostname thread panicked".to_owned(),
+        })
+    })
 }
 
 fn container_cgroup(id: &ContainerId) -> String {
@@ -362,11 +588,42 @@ impl Runtime for LinuxRuntime {
         self.cgroup_create(&pod_cgroup, &spec.resources)?;
         let procs = self.cgroup_create(&format!("{pod_cgroup}/sandbox"), &Resources::default())?;
         let own_network = !spec.host_network;
+        // A sandbox that died is made again cold: its pod may still hold an address, which
+        // the cold path's allocation finds again and a warm one would double.
+        if own_network
+            && !spec.share_process_namespace
+            && let Some((_, pool)) = &self.network
+            && let Some(warm) = self.warm_pool()
+            && !dir.join("sandbox.json").exists()
+        {
+            while let Some(w) = warm.take() {
+                if !alive(w.pid, w.start_ticks) {
+                    warm.discard(&w);
+                    continue;
+                }
+                match self.adopt(&w, spec, &procs, pool) {
+                    Ok(record) => {
+                        write_json(&dir.join("sandbox.json"), &record)?;
+                        tracing::debug!(pid = w.pid, pod_ip = %w.ip, owner = %w.owner, "sandbox taken warm");
+                        return Ok(record.sandbox);
+                    }
+                    Err(e) => {
+                        // Its address may be the pod's by now; the cold path allocates anew.
+                        tracing::warn!(error = %e, owner = %w.owner, "could not take a warm sandbox; making one");
+                        let _ = kill(Pid::from_raw(w.pid as i32), Signal::SIGKILL);
+                        warm.discard(&w);
+                        let _ = pool.release(&spec.key);
+                        break;
+                    }
+                }
+            }
+        }
         let pid = self.request(&Request::Sandbox(launcher::SandboxLaunch {
             hostname: spec.hostname.clone(),
             own_network,
             own_pid: spec.share_process_namespace,
             cgroup_procs: procs,
+            warm: false,
         }))?;
         let ticks = start_ticks(pid).ok_or_else(|| Error::Launch {
             reason: format!("the sandbox holder {pid} died at start"),
@@ -724,12 +981,12 @@ static EXEC_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::ne
 
 impl Drop for LinuxRuntime {
     fn drop(&mut self) {
+        // Warm sandboxes first, while the launcher still runs: otherwise the refill thread
+        // could start a new launcher just to make one more.
+        self.shutdown_warm();
         // Closing the launcher's stdin ends it; its containers live on (they are not its
         // children's children in any way that ties them to it).
-        if let Some(mut l) = self.launcher.get_mut().ok().and_then(Option::take) {
-            drop(l.stdin);
-            let _ = l.child.wait();
-        }
+        self.launcher.close();
         // Handles must not remove cgroups of containers that outlive this runtime: a handle
         // only removes an empty cgroup, which is what we want for those anyway.
     }

@@ -14,6 +14,7 @@ pub mod fake;
 pub mod launcher;
 pub mod linux;
 mod rootfs;
+pub mod warm;
 
 use std::fmt;
 use std::net::Ipv4Addr;
