@@ -540,7 +540,7 @@ fn a_warm_sandbox_becomes_the_pods_with_its_hostname_ip_and_cgroup() {
     let body = http_get(ip, 8080, Duration::from_secs(10));
     assert!(body.ends_with("rt-warm\n"), "{body}");
 
-    // The agent dies (its launcher with it): sandboxes no pod took go, the pod's stays.
+    // The agent dies (its launchers with it): sandboxes no pod took go, the pod's stays.
     assert!(
         node.rt.wait_warm(Duration::from_secs(20)),
         "{:?}",
@@ -548,12 +548,15 @@ fn a_warm_sandbox_becomes_the_pods_with_its_hostname_ip_and_cgroup() {
     );
     let unclaimed = node.rt.warm_pids();
     assert!(!unclaimed.contains(&sb.pid));
-    let launcher = node.rt.launcher_pid().unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(i32::try_from(launcher).unwrap()),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    let launchers = node.rt.launcher_pids();
+    assert_eq!(launchers.len(), 2, "the pods' launcher and the warm pool's");
+    for launcher in launchers {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(i32::try_from(launcher).unwrap()),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+    }
     assert!(
         wait_until(Duration::from_secs(5), || unclaimed
             .iter()

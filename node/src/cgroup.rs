@@ -20,6 +20,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::ErrorKind as IoErrorKind;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use cgroups_rs::cpu::CpuController;
@@ -83,17 +84,28 @@ impl CgroupVersion {
     /// The version in use: v2 only when `/sys/fs/cgroup` itself is cgroup2. On a hybrid host
     /// the cgroup2 mount at `/sys/fs/cgroup/unified` has the controllers taken by v1, so v1 is
     /// the one that limits anything (this is also what `hierarchies::auto()` picks).
+    ///
+    /// Looked up once per process: the answer is how the host was booted, and a pod start
+    /// asks several times.
     pub fn detect() -> Self {
-        if hierarchies::is_cgroup2_unified_mode() {
-            Self::V2
-        } else {
-            Self::V1
-        }
+        static VERSION: OnceLock<CgroupVersion> = OnceLock::new();
+        *VERSION.get_or_init(|| {
+            if hierarchies::is_cgroup2_unified_mode() {
+                Self::V2
+            } else {
+                Self::V1
+            }
+        })
     }
 
+    /// The hierarchy handle cgroups-rs wants for every call. On v1 it holds the host's parsed
+    /// `/proc/self/mountinfo`, which `V1::new` reads afresh each time (three times per cgroup
+    /// made); the cgroup mounts are fixed at boot, so one read per process serves. A
+    /// controller mounted later is not seen until the agent restarts, as with the kubelet.
     fn hierarchy(self) -> Box<dyn Hierarchy> {
+        static V1_MOUNTS: OnceLock<V1> = OnceLock::new();
         match self {
-            Self::V1 => Box::new(V1::new()),
+            Self::V1 => Box::new(V1_MOUNTS.get_or_init(V1::new).clone()),
             Self::V2 => Box::new(V2::new()),
         }
     }

@@ -70,7 +70,11 @@ pub const DEFAULT_WARM_SANDBOXES: usize = 4;
 #[derive(Debug)]
 pub struct LinuxRuntime {
     cfg: LinuxConfig,
-    launcher: Arc<Launcher>,
+    launcher: Launcher,
+    /// A launcher of its own for the warm pool's thread: a refill forks and unshares a
+    /// network namespace, about a millisecond, and a pod's container start must not queue
+    /// behind it.
+    warm_launcher: Arc<Launcher>,
     network: Option<(Bridge, Pool)>,
     /// `None` without a network, with `warm_sandboxes` 0, and after [`LinuxRuntime::shutdown_warm`].
     warm: Mutex<Option<Arc<WarmPool>>>,
@@ -79,8 +83,7 @@ pub struct LinuxRuntime {
     cgroups: Mutex<HashMap<String, Cgroup>>,
 }
 
-/// The launcher process, started on first use and again if it dies; shared with the warm
-/// sandbox thread.
+/// A launcher process, started on first use and again if it dies.
 #[derive(Debug)]
 struct Launcher {
     binary: PathBuf,
@@ -133,13 +136,17 @@ impl LinuxRuntime {
             }
             None => None,
         };
-        let launcher = Arc::new(Launcher {
+        let launcher = Launcher {
+            binary: cfg.launcher.clone(),
+            process: Mutex::new(None),
+        };
+        let warm_launcher = Arc::new(Launcher {
             binary: cfg.launcher.clone(),
             process: Mutex::new(None),
         });
         let warm = match &network {
             Some((bridge, pool)) if cfg.warm_sandboxes > 0 => {
-                let (l, b, p) = (Arc::clone(&launcher), bridge.clone(), pool.clone());
+                let (l, b, p) = (Arc::clone(&warm_launcher), bridge.clone(), pool.clone());
                 let (b2, p2) = (bridge.clone(), pool.clone());
                 Some(Arc::new(WarmPool::start(
                     cfg.warm_sandboxes,
@@ -152,6 +159,7 @@ impl LinuxRuntime {
         Ok(LinuxRuntime {
             cfg,
             launcher,
+            warm_launcher,
             network,
             warm: Mutex::new(warm),
             cgroups: Mutex::new(HashMap::new()),
@@ -184,9 +192,13 @@ impl LinuxRuntime {
         self.warm_pool().map(|w| w.pids()).unwrap_or_default()
     }
 
-    /// The launcher's pid, if it is running (for tests of what dies with it).
-    pub fn launcher_pid(&self) -> Option<u32> {
-        self.launcher.pid()
+    /// The pids of the launchers that are running, the warm pool's included (for tests of
+    /// what dies with them).
+    pub fn launcher_pids(&self) -> Vec<u32> {
+        [&self.launcher, self.warm_launcher.as_ref()]
+            .iter()
+            .filter_map(|l| l.pid())
+            .collect()
     }
 
     /// The pool, if any, without holding the runtime's lock on it (waits happen outside).
@@ -987,6 +999,7 @@ impl Drop for LinuxRuntime {
         // Closing the launcher's stdin ends it; its containers live on (they are not its
         // children's children in any way that ties them to it).
         self.launcher.close();
+        self.warm_launcher.close();
         // Handles must not remove cgroups of containers that outlive this runtime: a handle
         // only removes an empty cgroup, which is what we want for those anyway.
     }
