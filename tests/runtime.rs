@@ -540,6 +540,22 @@ fn a_warm_sandbox_becomes_the_pods_with_its_hostname_ip_and_cgroup() {
     let body = http_get(ip, 8080, Duration::from_secs(10));
     assert!(body.ends_with("rt-warm\n"), "{body}");
 
+    // A warm holder is its launcher's child: once its pod stops, the launcher reaps it
+    // without waiting for another request, so its pid leaves /proc.
+    let other = node.sandbox("rt-warm-2", false);
+    assert_eq!(node.rt.warm_stats().unwrap().taken, 2);
+    let other_key = node.sandboxes.lock().unwrap()[1].clone();
+    node.rt.stop_sandbox(&other_key).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || !Path::new(&format!(
+            "/proc/{}",
+            other.pid
+        ))
+        .exists()),
+        "the stopped pod's holder {} was not reaped",
+        other.pid
+    );
+
     // The agent dies (its launchers with it): sandboxes no pod took go, the pod's stays.
     assert!(
         node.rt.wait_warm(Duration::from_secs(20)),

@@ -27,7 +27,7 @@
 use std::ffi::{CString, OsStr};
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -35,6 +35,7 @@ use std::time::SystemTime;
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sched::{CloneFlags, setns, unshare};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::stat::{Mode, SFlag, makedev, mknod, umask};
@@ -207,11 +208,27 @@ fn serve() -> i32 {
         eprintln!("coxswain launcher: started with more than one thread; refusing to fork");
         return 2;
     }
-    let stdin = std::io::stdin();
+    // A reader of our own over fd 0 (std's stdin would buffer out of sight), so the loop can
+    // tell whether a request is already buffered before it waits in poll.
+    let input = match std::io::stdin().as_fd().try_clone_to_owned() {
+        Ok(fd) => File::from(fd),
+        Err(e) => {
+            eprintln!("coxswain launcher: cannot read requests: {e}");
+            return 2;
+        }
+    };
+    let mut input = std::io::BufReader::new(input);
     let mut out = std::io::stdout();
-    for line in stdin.lock().lines() {
+    loop {
         reap();
-        let Ok(line) = line else { break };
+        if input.buffer().is_empty() && !readable(input.get_ref()) {
+            continue;
+        }
+        let mut line = String::new();
+        match input.read_line(&mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
         let response = match serde_json::from_str::<Request>(&line) {
             Ok(request) => match handle(&request) {
                 Ok(pid) => Response {
@@ -238,7 +255,20 @@ fn serve() -> i32 {
     0
 }
 
-/// Collects exited children (sandbox and exec shims) so no zombies pile up; running ones stay.
+/// How long the launcher waits for a request before it reaps again. Warm sandbox holders are
+/// its own children, and one killed when its pod stops stays a zombie (its pid still in
+/// `/proc`) until reaped, even when no request comes to wake the launcher.
+const REAP_EVERY_MS: u16 = 1000;
+
+/// Waits up to [`REAP_EVERY_MS`] for `input` to have a request (or its end); whether it has.
+fn readable(input: &File) -> bool {
+    let mut fds = [PollFd::new(input.as_fd(), PollFlags::POLLIN)];
+    // An error (EINTR) counts as "not yet": the loop reaps and asks again.
+    poll(&mut fds, PollTimeout::from(REAP_EVERY_MS)).is_ok_and(|n| n > 0)
+}
+
+/// Collects exited children (shims, and warm holders that were killed) so no zombies pile up;
+/// running ones stay.
 fn reap() {
     while let Ok(status) = waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
         if status == WaitStatus::StillAlive {
