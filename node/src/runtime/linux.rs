@@ -22,8 +22,7 @@ use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, TryLockError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use nix::sched::{CloneFlags, setns};
@@ -66,18 +65,12 @@ pub struct LinuxConfig {
 /// nothing to notice.
 pub const DEFAULT_WARM_SANDBOXES: usize = 4;
 
-/// The most launchers pods' requests spread over; more cores than this share them.
-const MAX_LAUNCHERS: usize = 4;
-
 /// The Linux runtime. Cheap to share behind an `Arc`; calls from several threads are safe
-/// (each launcher answers one request at a time, a few milliseconds each, and there is one
-/// per core).
+/// (the launcher answers one request at a time, and each request takes a few milliseconds).
 #[derive(Debug)]
 pub struct LinuxRuntime {
     cfg: LinuxConfig,
-    /// The pods' launchers, one per core up to [`MAX_LAUNCHERS`] (see [`LinuxRuntime::request`]).
-    launchers: Vec<Launcher>,
-    next_launcher: AtomicUsize,
+    launcher: Launcher,
     /// A launcher of its own for the warm pool's thread: a refill forks and unshares a
     /// network namespace, about a millisecond, and a pod's container start must not queue
     /// behind it.
@@ -143,13 +136,10 @@ impl LinuxRuntime {
             }
             None => None,
         };
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let launchers = (0..cores.clamp(1, MAX_LAUNCHERS))
-            .map(|_| Launcher {
-                binary: cfg.launcher.clone(),
-                process: Mutex::new(None),
-            })
-            .collect();
+        let launcher = Launcher {
+            binary: cfg.launcher.clone(),
+            process: Mutex::new(None),
+        };
         let warm_launcher = Arc::new(Launcher {
             binary: cfg.launcher.clone(),
             process: Mutex::new(None),
@@ -168,8 +158,7 @@ impl LinuxRuntime {
         };
         Ok(LinuxRuntime {
             cfg,
-            launchers,
-            next_launcher: AtomicUsize::new(0),
+            launcher,
             warm_launcher,
             network,
             warm: Mutex::new(warm),
@@ -206,10 +195,9 @@ impl LinuxRuntime {
     /// The pids of the launchers that are running, the warm pool's included (for tests of
     /// what dies with them).
     pub fn launcher_pids(&self) -> Vec<u32> {
-        self.launchers
+        [&self.launcher, self.warm_launcher.as_ref()]
             .iter()
-            .chain([self.warm_launcher.as_ref()])
-            .filter_map(Launcher::pid)
+            .filter_map(|l| l.pid())
             .collect()
     }
 
@@ -263,28 +251,8 @@ impl LinuxRuntime {
     }
 
     /// Sends one request to the launcher.
-    ///
-    /// A launcher serves one request at a time, and a container's request lasts until its
-    /// exec (fork, mounts, exec: a few milliseconds), so pods starting at once would queue
-    /// behind each other. The runtime has one launcher per core (each started on first use)
-    /// and takes a free one; when all are busy it waits for one, the waiters spread round.
     fn request(&self, request: &Request) -> Result<u32> {
-        for launcher in &self.launchers {
-            match launcher.process.try_lock() {
-                Ok(mut guard) => return launcher.request_locked(&mut guard, request),
-                Err(TryLockError::Poisoned(p)) => {
-                    return launcher.request_locked(&mut p.into_inner(), request);
-                }
-                Err(TryLockError::WouldBlock) => {}
-            }
-        }
-        let next = self.next_launcher.fetch_add(1, Ordering::Relaxed);
-        let Some(launcher) = self.launchers.get(next % self.launchers.len().max(1)) else {
-            return Err(Error::Launch {
-                reason: "the runtime has no launcher".to_owned(),
-            });
-        };
-        launcher.request(request)
+        self.launcher.request(request)
     }
 
     fn cgroup_create(&self, path: &str, res: &Resources) -> Result<Vec<PathBuf>> {
@@ -351,20 +319,11 @@ impl LinuxRuntime {
 impl Launcher {
     /// Sends one request to the launcher, starting it if needed (and again if it died).
     fn request(&self, request: &Request) -> Result<u32> {
-        let mut guard = self.process.lock().unwrap_or_else(|p| p.into_inner());
-        self.request_locked(&mut guard, request)
-    }
-
-    /// [`Launcher::request`] with the launcher's lock already held.
-    fn request_locked(
-        &self,
-        guard: &mut Option<LauncherProcess>,
-        request: &Request,
-    ) -> Result<u32> {
         let line = serde_json::to_string(request).map_err(|e| Error::State {
             path: self.binary.clone(),
             reason: format!("encode launcher request: {e}"),
         })?;
+        let mut guard = self.process.lock().unwrap_or_else(|p| p.into_inner());
         for attempt in 0..2 {
             if guard.is_none() {
                 *guard = Some(self.spawn()?);
@@ -1039,9 +998,7 @@ impl Drop for LinuxRuntime {
         self.shutdown_warm();
         // Closing the launcher's stdin ends it; its containers live on (they are not its
         // children's children in any way that ties them to it).
-        for launcher in &self.launchers {
-            launcher.close();
-        }
+        self.launcher.close();
         self.warm_launcher.close();
         // Handles must not remove cgroups of containers that outlive this runtime: a handle
         // only removes an empty cgroup, which is what we want for those anyway.
