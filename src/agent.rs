@@ -89,10 +89,7 @@ const LOG_ROTATE_EVERY: Duration = Duration::from_secs(10);
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let agent = Agent::build(&args.node)?;
     let client = Arc::new(Client::new(args.server.clone(), &args.token));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let rt = crate::runtime::build()?;
     rt.block_on(async move {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         println!(

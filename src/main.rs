@@ -8,6 +8,7 @@ mod diff;
 mod get;
 mod image;
 mod logs;
+mod runtime;
 mod server;
 mod status;
 mod top;

@@ -186,10 +186,7 @@ impl Settings {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let settings = Settings::resolve(args)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let rt = crate::runtime::build()?;
     rt.block_on(async move {
         let running = start(settings).await?;
         shutdown_signal().await;

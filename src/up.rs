@@ -76,10 +76,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let agent = Agent::build(&args.node)?;
     let stopper = agent.stopper();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let rt = crate::runtime::build()?;
     let result = rt.block_on(async move {
         let running = crate::server::start(settings).await?;
         let member = running.member.clone();
