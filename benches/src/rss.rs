@@ -48,3 +48,58 @@ impl Rss {
         )
     }
 }
+
+/// How long a process must stay under [`QUIET_TICKS`] of CPU time a second, in a row, to
+/// count as idle.
+const QUIET_FOR: std::time::Duration = std::time::Duration::from_secs(2);
+/// CPU clock ticks (user + system) a second that still count as idle: 1 tick is 10 ms at
+/// Linux's usual 100 Hz, so this is 1% of one core. An idle `coxswain up` still wakes for its
+/// summary and its probes, so "no tick at all" may never come.
+const QUIET_TICKS: u64 = 1;
+
+/// The process's CPU time so far, in clock ticks (`utime` + `stime` of `/proc/PID/stat`).
+fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // The command name (field 2) is in parentheses and may hold spaces: count from after it.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .with_context(|| format!("no command name in /proc/{pid}/stat"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the name: state is field 3, so utime (14) and stime (15) are at 11 and 12 here.
+    let tick = |i: usize| -> anyhow::Result<u64> {
+        fields
+            .get(i)
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("no CPU times in /proc/{pid}/stat"))
+    };
+    Ok(tick(11)? + tick(12)?)
+}
+
+/// Waits until `pid` has used at most [`QUIET_TICKS`] of CPU in each second for
+/// [`QUIET_FOR`], or until `limit` has passed. Returns how long it waited and whether the
+/// process did go quiet.
+pub fn wait_quiet(
+    pid: u32,
+    limit: std::time::Duration,
+) -> anyhow::Result<(std::time::Duration, bool)> {
+    let start = std::time::Instant::now();
+    let second = std::time::Duration::from_secs(1);
+    let mut quiet_since: Option<std::time::Instant> = None;
+    let mut before = cpu_ticks(pid)?;
+    while start.elapsed() < limit {
+        std::thread::sleep(second);
+        let now = cpu_ticks(pid)?;
+        if now.saturating_sub(before) <= QUIET_TICKS {
+            let since = *quiet_since.get_or_insert_with(|| std::time::Instant::now() - second);
+            if since.elapsed() >= QUIET_FOR {
+                return Ok((start.elapsed(), true));
+            }
+        } else {
+            quiet_since = None;
+        }
+        before = now;
+    }
+    Ok((start.elapsed(), false))
+}
