@@ -38,16 +38,21 @@ thread_local! {
 /// second, so the collection is rate-limited per thread.
 fn collect_when_due() {
     let now = Instant::now();
-    let due = LAST_COLLECT.with(|last| match last.get() {
-        Some(at) if now.duration_since(at) < COLLECT_EVERY => false,
-        _ => {
+    let due = LAST_COLLECT.with(|last| {
+        let due = is_due(last.get(), now);
+        if due {
             last.set(Some(now));
-            true
         }
+        due
     });
     if due {
         collect();
     }
+}
+
+/// A thread collects on its first park, then once [`COLLECT_EVERY`] has passed since the last.
+fn is_due(last: Option<Instant>, now: Instant) -> bool {
+    last.is_none_or(|at| now.saturating_duration_since(at) >= COLLECT_EVERY)
 }
 
 /// Frees this thread's empty mimalloc pages and returns every free page of the process's
@@ -58,4 +63,38 @@ fn collect() {
     // SAFETY: mi_collect has no preconditions: it may be called from any thread at any time,
     // and only touches mimalloc's own bookkeeping and free memory.
     unsafe { libmimalloc_sys::mi_collect(true) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_thread_collects_on_its_first_park_then_at_most_once_a_second() {
+        let start = Instant::now();
+        assert!(is_due(None, start));
+        assert!(!is_due(Some(start), start));
+        assert!(!is_due(Some(start), start + Duration::from_millis(999)));
+        assert!(is_due(Some(start), start + COLLECT_EVERY));
+        assert!(is_due(Some(start), start + Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn a_runtime_built_here_runs_blocking_work_and_collects_without_harm() {
+        let rt = build().expect("runtime");
+        let sum = rt.block_on(async {
+            let mut total = 0u64;
+            for i in 0..50u64 {
+                // Allocate on the blocking pool and on the workers, with parks in between.
+                let v = tokio::task::spawn_blocking(move || vec![i; 1024])
+                    .await
+                    .expect("blocking task");
+                total += v.iter().sum::<u64>();
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            total
+        });
+        assert_eq!(sum, (0..50u64).map(|i| i * 1024).sum::<u64>());
+        collect();
+    }
 }

@@ -61,20 +61,17 @@ const QUIET_TICKS: u64 = 1;
 fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("reading /proc/{pid}/stat"))?;
-    // The command name (field 2) is in parentheses and may hold spaces: count from after it.
-    let rest = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .with_context(|| format!("no command name in /proc/{pid}/stat"))?;
+    parse_cpu_ticks(&stat).with_context(|| format!("no CPU times in /proc/{pid}/stat"))
+}
+
+fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    // The command name (field 2) is in parentheses and may hold spaces and parentheses of its
+    // own: count from after the last ')'.
+    let (_, rest) = stat.rsplit_once(')')?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // After the name: state is field 3, so utime (14) and stime (15) are at 11 and 12 here.
-    let tick = |i: usize| -> anyhow::Result<u64> {
-        fields
-            .get(i)
-            .and_then(|v| v.parse().ok())
-            .with_context(|| format!("no CPU times in /proc/{pid}/stat"))
-    };
-    Ok(tick(11)? + tick(12)?)
+    let tick = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
+    Some(tick(11)? + tick(12)?)
 }
 
 /// Waits until `pid` has used at most [`QUIET_TICKS`] of CPU in each second for
@@ -102,4 +99,21 @@ pub fn wait_quiet(
         before = now;
     }
     Ok((start.elapsed(), false))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_cpu_ticks;
+
+    #[test]
+    fn cpu_ticks_are_utime_plus_stime_even_with_a_name_holding_spaces_and_parens() {
+        let stat = "4242 (a (b) c) S 1 4242 4242 0 -1 4194560 100 0 0 0 17 5 0 0 20 0 3 0 99 0 0";
+        assert_eq!(parse_cpu_ticks(stat), Some(22));
+    }
+
+    #[test]
+    fn a_stat_line_cut_short_gives_no_ticks() {
+        assert_eq!(parse_cpu_ticks("4242 (x) S 1 4242"), None);
+        assert_eq!(parse_cpu_ticks("no name at all"), None);
+    }
 }
