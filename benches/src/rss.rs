@@ -49,9 +49,9 @@ impl Rss {
     }
 }
 
-/// How long a process must stay under [`QUIET_TICKS`] of CPU time a second, in a row, to
-/// count as idle.
-const QUIET_FOR: std::time::Duration = std::time::Duration::from_secs(2);
+/// How many seconds in a row a process must stay under [`QUIET_TICKS`] of CPU time to count
+/// as idle.
+const QUIET_SECONDS: u32 = 2;
 /// CPU clock ticks (user + system) a second that still count as idle: 1 tick is 10 ms at
 /// Linux's usual 100 Hz, so this is 1% of one core. An idle `coxswain up` still wakes for its
 /// summary and its probes, so "no tick at all" may never come.
@@ -74,27 +74,26 @@ fn parse_cpu_ticks(stat: &str) -> Option<u64> {
     Some(tick(11)? + tick(12)?)
 }
 
-/// Waits until `pid` has used at most [`QUIET_TICKS`] of CPU in each second for
-/// [`QUIET_FOR`], or until `limit` has passed. Returns how long it waited and whether the
+/// Waits until `pid` has used at most [`QUIET_TICKS`] of CPU in each of [`QUIET_SECONDS`]
+/// seconds in a row, or until `limit` has passed. Returns how long it waited and whether the
 /// process did go quiet.
 pub fn wait_quiet(
     pid: u32,
     limit: std::time::Duration,
 ) -> anyhow::Result<(std::time::Duration, bool)> {
     let start = std::time::Instant::now();
-    let second = std::time::Duration::from_secs(1);
-    let mut quiet_since: Option<std::time::Instant> = None;
+    let mut quiet_seconds = 0;
     let mut before = cpu_ticks(pid)?;
     while start.elapsed() < limit {
-        std::thread::sleep(second);
+        std::thread::sleep(std::time::Duration::from_secs(1));
         let now = cpu_ticks(pid)?;
         if now.saturating_sub(before) <= QUIET_TICKS {
-            let since = *quiet_since.get_or_insert_with(|| std::time::Instant::now() - second);
-            if since.elapsed() >= QUIET_FOR {
+            quiet_seconds += 1;
+            if quiet_seconds >= QUIET_SECONDS {
                 return Ok((start.elapsed(), true));
             }
         } else {
-            quiet_since = None;
+            quiet_seconds = 0;
         }
         before = now;
     }

@@ -217,10 +217,7 @@ impl Pool {
                 reason: format!("expected owner {from:?}, found {held:?}"),
             });
         }
-        let temp = self.temp_path();
-        fs::write(&temp.0, format!("{to}\n"))
-            .map_err(Error::io("writing a pod IP's owner", &temp.0))?;
-        fs::rename(&temp.0, &path).map_err(Error::io("handing over a pod IP", &path))?;
+        self.replace_unsynced(&path, &format!("{to}\n"), "handing over a pod IP")?;
         tracing::debug!(%addr, from, to, "reassigned pod IP");
         Ok(())
     }
@@ -395,10 +392,19 @@ impl Pool {
     /// reader from seeing half a line.
     fn write_last_reserved(&self, addr: Ipv4Addr) -> Result<()> {
         let path = self.dir.join(LAST_RESERVED_FILE);
+        self.replace_unsynced(
+            &path,
+            &format!("{addr}\n"),
+            "recording the last reserved IP",
+        )
+    }
+
+    /// Replaces `path` with `contents` through a temporary file and a rename, without
+    /// fsyncs: a reader sees the old contents or the new, never part of either.
+    fn replace_unsynced(&self, path: &Path, contents: &str, what: &'static str) -> Result<()> {
         let temp = self.temp_path();
-        fs::write(&temp.0, format!("{addr}\n"))
-            .map_err(Error::io("recording the last reserved IP", &temp.0))?;
-        fs::rename(&temp.0, &path).map_err(Error::io("recording the last reserved IP", &path))
+        fs::write(&temp.0, contents).map_err(Error::io(what, &temp.0))?;
+        fs::rename(&temp.0, path).map_err(Error::io(what, path))
     }
 
     /// Writes `contents` to a new temporary file in the state directory and fsyncs it; the

@@ -136,14 +136,8 @@ impl LinuxRuntime {
             }
             None => None,
         };
-        let launcher = Launcher {
-            binary: cfg.launcher.clone(),
-            process: Mutex::new(None),
-        };
-        let warm_launcher = Arc::new(Launcher {
-            binary: cfg.launcher.clone(),
-            process: Mutex::new(None),
-        });
+        let launcher = Launcher::new(&cfg.launcher);
+        let warm_launcher = Arc::new(Launcher::new(&cfg.launcher));
         let warm = match &network {
             Some((bridge, pool)) if cfg.warm_sandboxes > 0 => {
                 let (l, b, p) = (Arc::clone(&warm_launcher), bridge.clone(), pool.clone());
@@ -317,6 +311,14 @@ impl LinuxRuntime {
 }
 
 impl Launcher {
+    /// A launcher of `binary`, not started until its first request.
+    fn new(binary: &Path) -> Launcher {
+        Launcher {
+            binary: binary.to_owned(),
+            process: Mutex::new(None),
+        }
+    }
+
     /// Sends one request to the launcher, starting it if needed (and again if it died).
     fn request(&self, request: &Request) -> Result<u32> {
         let line = serde_json::to_string(request).map_err(|e| Error::State {
