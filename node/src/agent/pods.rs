@@ -3,9 +3,10 @@
 //!
 //! - At start it lists Pods, ConfigMaps and Secrets, adopts the sandboxes the runtime still
 //!   has (an agent restart does not restart workloads), and stops sandboxes no pod owns.
-//! - Then it follows three store watches from that revision: a Pod put creates or updates
-//!   its worker, a delete stops it gracefully; ConfigMaps and Secrets feed the resolver's
-//!   cache and refresh mounted volumes.
+//! - Then it follows three store watches, each from just after its own list (see
+//!   [`watch_objects`]): a Pod put creates or updates its worker, a delete stops it
+//!   gracefully; ConfigMaps and Secrets feed the resolver's cache and refresh mounted
+//!   volumes.
 //! - Each worker runs in its own task: it syncs when woken by an update, at its own next
 //!   deadline (backoff, probe, grace period), or every `relist` (one second, the kubelet's
 //!   PLEG period) to notice containers that exited; the blocking runtime calls run on
@@ -17,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use coxswain_schema::kinds::pod::{Pod, PodStatus};
+use coxswain_store::watch::WatchStream;
 use coxswain_store::{Consistency, EventKind, KeyValue, Kv, Txn, object_key};
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
@@ -59,11 +61,7 @@ pub async fn run<K: Kv + 'static>(
 ) -> Result<()> {
     let node = cfg.worker.node_name.clone();
     let objects = resolver.objects.clone();
-    for prefix in [CONFIG_MAP_PREFIX, SECRET_PREFIX] {
-        for kv in list_all(kv.as_ref(), prefix).await?.1 {
-            objects.put(&kv.value);
-        }
-    }
+    let [mut cm_watch, mut secret_watch] = watch_objects(kv.as_ref(), &objects).await?;
     let (revision, pods) = list_all(kv.as_ref(), POD_PREFIX).await?;
     let rt = runtime.clone();
     let existing: Vec<(Sandbox, _)> = tokio::task::spawn_blocking(move || rt.list())
@@ -115,14 +113,6 @@ pub async fn run<K: Kv + 'static>(
         .watch(POD_PREFIX, revision + 1, false)
         .await
         .map_err(Error::store("watch pods"))?;
-    let mut cm_watch = kv
-        .watch(CONFIG_MAP_PREFIX, revision + 1, false)
-        .await
-        .map_err(Error::store("watch configmaps"))?;
-    let mut secret_watch = kv
-        .watch(SECRET_PREFIX, revision + 1, false)
-        .await
-        .map_err(Error::store("watch secrets"))?;
     loop {
         tokio::select! {
             _ = shutdown.changed() => {
@@ -172,6 +162,27 @@ pub async fn run<K: Kv + 'static>(
     drop(workers);
     while tasks.join_next().await.is_some() {}
     Ok(())
+}
+
+/// Lists the ConfigMaps and Secrets into `objects` and opens the watches that keep them
+/// current, each from just after its own list. One revision for all (the pods' list, as
+/// before) lost any object written between two lists: `coxswain up`'s first commit often
+/// lands then, and its pods waited forever on a ConfigMap the agent never saw.
+pub async fn watch_objects<K: Kv>(kv: &K, objects: &ObjectCache) -> Result<[WatchStream; 2]> {
+    Ok([
+        list_and_watch(kv, CONFIG_MAP_PREFIX, objects).await?,
+        list_and_watch(kv, SECRET_PREFIX, objects).await?,
+    ])
+}
+
+async fn list_and_watch<K: Kv>(kv: &K, prefix: &str, objects: &ObjectCache) -> Result<WatchStream> {
+    let (revision, items) = list_all(kv, prefix).await?;
+    for item in items {
+        objects.put(&item.value);
+    }
+    kv.watch(prefix, revision + 1, false)
+        .await
+        .map_err(Error::store(format!("watch {prefix}")))
 }
 
 fn objects_changed(
