@@ -76,16 +76,18 @@ wait "$UP" || { cat "$WORK/up.log" >&2; exit 1; }
 # process that ran it, so that each kind's functions sit as close together as they can:
 # first those the launcher ran (the fork helper is a process of its own), then those of the
 # agent, then `up`'s, then only `server`'s; within a rank, the binary's own order.
-for f in "$WORK"/out/cg.*; do
-    awk 'NR <= 10 && /^cmd:/ { kind = $3 }
-         /^c?fn=\([0-9]+\) / { sub(/^c?fn=\([0-9]+\) /, ""); print kind, $0 }' "$f"
-done | awk '{ if ($1 == "__coxswain-launcher") l[$2] = 1
-              else if ($1 == "agent") a[$2] = 1
-              else if ($1 == "up") u[$2] = 1
-              else s[$2] = 1
-              seen[$2] = 1 }
-            END { for (n in seen)
-                      print n, (n in l ? 0 : 8) + (n in a ? 0 : 4) + (n in u ? 0 : 2) + (n in s ? 0 : 1) }' \
+awk 'FNR == 1 { kind = "" }
+     FNR <= 10 && /^cmd:/ { kind = $3 }
+     /^c?fn=\([0-9]+\) / {
+         sub(/^c?fn=\([0-9]+\) /, "")
+         if (kind == "__coxswain-launcher") l[$1] = 1
+         else if (kind == "agent") a[$1] = 1
+         else if (kind == "up") u[$1] = 1
+         else s[$1] = 1
+         seen[$1] = 1 }
+     END { for (n in seen)
+               print n, (n in l ? 0 : 8) + (n in a ? 0 : 4) + (n in u ? 0 : 2) + (n in s ? 0 : 1) }' \
+    "$WORK"/out/cg.* \
     | sort -k1,1 > "$WORK/ran"
 # The names already listed and not seen this time stay, last, while the binary still defines
 # them: which rare paths a run takes (a snapshot, a flush, an election) depends on timing, and
