@@ -22,19 +22,16 @@ fn main() {
     println!("cargo::rerun-if-env-changed=COXSWAIN_NO_SYMBOL_ORDER");
     let release = std::env::var("PROFILE").is_ok_and(|p| p == "release");
     let target = std::env::var("TARGET").unwrap_or_default();
-    if !release
-        || target != "x86_64-unknown-linux-gnu"
-        || !rustc_links_with_lld()
-        || !list.is_file()
-        || std::env::var_os("COXSWAIN_NO_SYMBOL_ORDER").is_some()
-    {
+    if !release || target != "x86_64-unknown-linux-gnu" || !rustc_links_with_lld() {
         return;
     }
-    println!(
-        "cargo::rustc-link-arg-bins=-Wl,--symbol-ordering-file={}",
-        list.display()
-    );
-    println!("cargo::rustc-link-arg-bins=-Wl,--no-warn-symbol-ordering");
+    if list.is_file() && std::env::var_os("COXSWAIN_NO_SYMBOL_ORDER").is_none() {
+        println!(
+            "cargo::rustc-link-arg-bins=-Wl,--symbol-ordering-file={}",
+            list.display()
+        );
+        println!("cargo::rustc-link-arg-bins=-Wl,--no-warn-symbol-ordering");
+    }
     // The binary's 41,000 relative relocations take 1 MB as RELA entries, which the dynamic
     // loader reads whole at every start, so each process has that 1 MB resident; packed
     // (DT_RELR) they take a few KB. The loader must know DT_RELR: glibc 2.36 and later.
