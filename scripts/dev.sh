@@ -11,8 +11,9 @@ ROOT=$(pwd)
 # images, git for the Git source and its tests, python3-pip for the parity script,
 # etcd-server (the peer of the store benchmark) and protobuf-compiler (etcd-client builds its
 # gRPC code with protoc), iproute2 and nftables for pod networking and its tests, and runc (the
-# peer of the pods benchmark).
-APT_PACKAGES=(libclang-dev clang busybox-static git python3 python3-pip pkg-config etcd-server protobuf-compiler iproute2 nftables runc)
+# peer of the pods benchmark). libssl-dev and g++ bring the static libcrypto, libssl and
+# libstdc++ that .cargo/config.toml links in.
+APT_PACKAGES=(libclang-dev clang g++ libssl-dev busybox-static git python3 python3-pip pkg-config etcd-server protobuf-compiler iproute2 nftables runc)
 # The Python peer used by the parity script and the validate benchmark.
 PIP_PACKAGES=(kubernetes-validate==1.37.0)
 
