@@ -5,9 +5,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::collections::{BTreeMap, HashSet};
 use std::net::Ipv4Addr;
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -20,9 +21,8 @@ use coxswain_schema::kinds::core::{Node, Taint};
 use coxswain_schema::kinds::pod::TaintEffect;
 use coxswain_schema::meta::Condition;
 use coxswain_store::watch::WatchStream;
-use coxswain_store::{
-    Consistency, KeyValue, Kv, ListPage, Member, MemberConfig, Revision, Txn, TxnResult,
-};
+use coxswain_store::{Consistency, KeyValue, Kv, ListPage, Member, Revision, Txn, TxnResult};
+use support::member;
 
 const OLD: &str = "2020-01-01T00:00:00Z";
 
@@ -35,14 +35,6 @@ fn unique_name() -> String {
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     )
-}
-
-async fn member(dir: &Path) -> Member {
-    let m = Member::start(MemberConfig::new(1, dir, "127.0.0.1:1", "token"), true)
-        .await
-        .unwrap();
-    m.wait_for_leader(Duration::from_secs(10)).await.unwrap();
-    m
 }
 
 async fn stored<K: Kv>(kv: &K, name: &str) -> Option<(Node, KeyValue)> {

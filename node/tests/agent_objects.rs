@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -12,9 +14,10 @@ use coxswain_node::agent::resolve::ObjectCache;
 use coxswain_node::env::Lookup;
 use coxswain_store::watch::WatchStream;
 use coxswain_store::{
-    Consistency, EventKind, KeyValue, Kv, ListPage, Member, MemberConfig, Revision, Txn, TxnResult,
+    Consistency, EventKind, KeyValue, Kv, ListPage, Member, Revision, Txn, TxnResult,
 };
 use serde_json::json;
+use support::member;
 
 fn config_map(name: &str) -> serde_json::Value {
     json!({
@@ -77,13 +80,7 @@ impl Kv for LandsAfterFirstList {
 #[tokio::test]
 async fn a_config_map_written_between_the_lists_arrives_by_the_watch() {
     let dir = tempfile::tempdir().unwrap();
-    let m = Member::start(
-        MemberConfig::new(1, dir.path(), "127.0.0.1:1", "token"),
-        true,
-    )
-    .await
-    .unwrap();
-    m.wait_for_leader(Duration::from_secs(10)).await.unwrap();
+    let m = member(dir.path()).await;
     m.txn(Txn::put("/core/ConfigMap/demo/early", config_map("early")))
         .await
         .unwrap();
