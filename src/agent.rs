@@ -19,7 +19,9 @@ use coxswain_node::logs;
 use coxswain_node::net::BridgeConfig;
 use coxswain_node::pod::{NetProber, WorkerConfig};
 use coxswain_node::runtime::Runtime;
-use coxswain_node::runtime::linux::{DEFAULT_WARM_SANDBOXES, LinuxConfig, LinuxRuntime};
+use coxswain_node::runtime::linux::{
+    DEFAULT_WARM_LAYERS, DEFAULT_WARM_SANDBOXES, LinuxConfig, LinuxRuntime,
+};
 use coxswain_node::volume::HostPathPolicy;
 use coxswain_store::{Client, Kv};
 
@@ -69,6 +71,10 @@ pub struct NodeArgs {
     /// starts without waiting for them; 0 turns this off.
     #[arg(long, default_value_t = DEFAULT_WARM_SANDBOXES)]
     warm_sandboxes: usize,
+    /// How many container layers (the writable layer and the overlay over the image) to keep
+    /// mounted ahead for each of the last images containers started from; 0 turns this off.
+    #[arg(long, default_value_t = DEFAULT_WARM_LAYERS)]
+    warm_layers: usize,
     /// A container log is rotated once it holds this many bytes (the kubelet's
     /// containerLogMaxSize, 10Mi).
     #[arg(long, default_value_t = logs::DEFAULT_MAX_BYTES)]
@@ -178,6 +184,7 @@ impl Agent {
                 }),
                 pids_max: Some(args.pids_max),
                 warm_sandboxes: args.warm_sandboxes,
+                warm_layers: args.warm_layers,
             })
             .context("setting up the container runtime")?,
         );

@@ -94,6 +94,7 @@ impl Node {
             network: None,
             pids_max: Some(256),
             warm_sandboxes: 0,
+            warm_layers: 0,
         })
         .unwrap();
         let resolver = NodeResolver::new(

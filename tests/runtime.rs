@@ -33,15 +33,17 @@ struct Node {
 
 impl Node {
     fn new(network: bool) -> Node {
-        Node::build(network, 0)
+        Node::build(network, 0, 0)
     }
 
     /// With a network and a pool of `warm` sandboxes made ahead of pods.
     fn with_warm(warm: usize) -> Node {
-        Node::build(true, warm)
+        Node::build(true, warm, 0)
     }
 
-    fn build(network: bool, warm_sandboxes: usize) -> Node {
+    /// `warm_layers` container layers kept mounted ahead per image: the agent's way, here
+    /// apart so that the other tests know which way their containers start.
+    fn build(network: bool, warm_sandboxes: usize, warm_layers: usize) -> Node {
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
         let tag = (std::process::id() % 1000) * 16 + n;
         let state = tempfile::tempdir().unwrap();
@@ -61,6 +63,7 @@ impl Node {
             network,
             pids_max: Some(256),
             warm_sandboxes,
+            warm_layers,
         })
         .unwrap();
         Node {
@@ -622,6 +625,7 @@ fn addresses_of_a_dead_agents_warm_sandboxes_are_freed_on_start() {
         network: Some(network),
         pids_max: Some(256),
         warm_sandboxes: 0,
+        warm_layers: 0,
     })
     .unwrap();
     let owners = ipam_owners(state.path());
@@ -629,4 +633,138 @@ fn addresses_of_a_dead_agents_warm_sandboxes_are_freed_on_start() {
         bridge.teardown().unwrap();
     }
     assert_eq!(owners, vec![(pod.to_string(), "some-pod".to_owned())]);
+}
+
+/// The mount points of this process's mount namespace (the host's) under `dir`.
+fn mounts_under(dir: &Path) -> Vec<String> {
+    let dir = dir.to_string_lossy().into_owned();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| m.starts_with(&dir))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn a_container_on_a_warm_layer_gets_a_fresh_root_and_the_layer_goes_with_it() {
+    if !common::require_root(
+        "a_container_on_a_warm_layer_gets_a_fresh_root_and_the_layer_goes_with_it",
+    ) {
+        return;
+    }
+    let node = Node::build(false, 0, 1);
+    let state = node.state.path().to_owned();
+    let sb = node.sandbox("rt-layer", false);
+    // The first container of the image finds no layer ready and makes its own.
+    let first = node
+        .rt
+        .start_container(
+            &sb,
+            &node.spec("first", "echo first > /written; cat /written"),
+        )
+        .unwrap();
+    assert_eq!(
+        exit_code(&node.wait_exit(&first, Duration::from_secs(10))),
+        Some(0)
+    );
+    assert_eq!(node.log(&first), "first\n");
+    let stats = node.rt.layer_stats().unwrap();
+    assert_eq!((stats.taken, stats.missed), (0, 1), "{stats:?}");
+    // The pool then mounts one over the image, in the host's namespace.
+    assert!(
+        wait_until(Duration::from_secs(10), || node
+            .rt
+            .warm_layers_ready(&node.busybox)
+            == 1),
+        "a warm layer over busybox"
+    );
+    let warm_mounts = mounts_under(&state.join("layers"));
+    assert_eq!(warm_mounts.len(), 1, "{warm_mounts:?}");
+    // The next container takes it: a root of its own (nothing the first wrote), writable.
+    let second = node
+        .rt
+        .start_container(
+            &sb,
+            &node.spec(
+                "second",
+                "test ! -e /written && echo mine > /mine && cat /mine && hostname",
+            ),
+        )
+        .unwrap();
+    assert_eq!(
+        exit_code(&node.wait_exit(&second, Duration::from_secs(10))),
+        Some(0)
+    );
+    assert_eq!(node.log(&second), "mine\nrt-layer\n");
+    assert_eq!(node.rt.layer_stats().unwrap().taken, 1);
+    let second_dir = state.join("sandboxes").join(&sb.key).join("second.0");
+    assert_eq!(
+        mounts_under(&second_dir),
+        vec![second_dir.join("merged").to_string_lossy().into_owned()],
+        "the taken layer is the container's root, mounted in its directory"
+    );
+    assert!(
+        second_dir.join("upper/mine").exists(),
+        "what the container wrote is in its own upper layer"
+    );
+    // Removing the container unmounts its layer; stopping the pool, the ones not taken.
+    node.rt.remove_container(&second).unwrap();
+    assert_eq!(mounts_under(&second_dir), Vec::<String>::new());
+    assert!(!second_dir.exists());
+    assert!(
+        wait_until(Duration::from_secs(10), || node
+            .rt
+            .warm_layers_ready(&node.busybox)
+            == 1),
+        "a refill"
+    );
+    node.rt.shutdown_warm();
+    assert_eq!(mounts_under(&state), Vec::<String>::new());
+    assert_eq!(std::fs::read_dir(state.join("layers")).unwrap().count(), 0);
+}
+
+#[test]
+fn warm_layers_a_dead_agent_left_are_unmounted_and_removed_on_start() {
+    if !common::require_root("warm_layers_a_dead_agent_left_are_unmounted_and_removed_on_start") {
+        return;
+    }
+    let state = tempfile::tempdir().unwrap();
+    let busybox = ImageStore::open(Path::new(IMAGES))
+        .unwrap()
+        .get("busybox:latest")
+        .unwrap()
+        .expect("busybox:latest is in the image store (scripts/dev.sh imports it)")
+        .rootfs;
+    // What an agent killed with SIGKILL leaves: a layer mounted over the image.
+    let stale = state.path().join("layers/7");
+    for sub in ["upper", "work", "merged"] {
+        std::fs::create_dir_all(stale.join(sub)).unwrap();
+    }
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        busybox.display(),
+        stale.join("upper").display(),
+        stale.join("work").display()
+    );
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o", &options])
+        .arg(stale.join("merged"))
+        .status()
+        .unwrap();
+    assert!(mounted.success());
+    assert_eq!(mounts_under(state.path()).len(), 1);
+    let rt = LinuxRuntime::new(LinuxConfig {
+        state_dir: state.path().to_owned(),
+        launcher: PathBuf::from(env!("CARGO_BIN_EXE_coxswain")),
+        network: None,
+        pids_max: Some(256),
+        warm_sandboxes: 0,
+        warm_layers: 0,
+    })
+    .unwrap();
+    assert_eq!(mounts_under(state.path()), Vec::<String>::new());
+    assert!(!stale.exists());
+    drop(rt);
 }

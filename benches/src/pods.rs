@@ -28,7 +28,9 @@ use anyhow::{Context, anyhow, bail};
 use coxswain_node::cgroup::{CgroupVersion, Resources};
 use coxswain_node::image::{DEFAULT_ROOT, ImageStore};
 use coxswain_node::net::{self, BridgeConfig};
-use coxswain_node::runtime::linux::{DEFAULT_WARM_SANDBOXES, LinuxConfig, LinuxRuntime};
+use coxswain_node::runtime::linux::{
+    DEFAULT_WARM_LAYERS, DEFAULT_WARM_SANDBOXES, LinuxConfig, LinuxRuntime,
+};
 use coxswain_node::runtime::{
     ContainerId, ContainerSpec, Rootfs, Runtime, Sandbox, SandboxSpec, launcher, sandbox_key,
 };
@@ -168,6 +170,15 @@ struct WarmReport {
     /// Warm sandboxes made over the whole run, and attempts that failed.
     made: u64,
     failed: u64,
+    /// Container layers kept mounted ahead per image (the agent's default).
+    layers: usize,
+    /// Containers of each run that took a warm layer.
+    latency_layers_taken: u64,
+    sequential_layers_taken: u64,
+    parallel_layers_taken: u64,
+    /// Warm layers made over the whole run, and attempts that failed.
+    layers_made: u64,
+    layers_failed: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -242,6 +253,8 @@ impl Drop for BridgeGuard {
 struct Node {
     rt: LinuxRuntime,
     container: ContainerSpec,
+    /// Warm layers the runtime keeps per image.
+    warm_layers: usize,
     /// A key goes in before its sandbox starts, so a start that fails half way is cleaned up.
     live: Mutex<Vec<String>>,
     /// First attempts of `stop_sandbox` that failed (and were retried), with the error.
@@ -260,6 +273,8 @@ struct Started {
     exec_time: Duration,
     /// Whether its sandbox came from the warm pool (only exact when one pod starts at a time).
     warm: bool,
+    /// Whether its container took a warm layer (as exact).
+    warm_layer: bool,
 }
 
 impl Node {
@@ -268,6 +283,7 @@ impl Node {
         busybox: &Path,
         network: BridgeConfig,
         warm_sandboxes: usize,
+        warm_layers: usize,
     ) -> anyhow::Result<Node> {
         let state = tempfile::tempdir().context("creating the runtime's state dir")?;
         let rt = LinuxRuntime::new(LinuxConfig {
@@ -278,6 +294,7 @@ impl Node {
             // it would be on a real node.
             pids_max: Some(1024),
             warm_sandboxes,
+            warm_layers,
         })
         .context("opening the Linux runtime")?;
         // A small web pod as one would write it: a cpu request and a memory limit, so each
@@ -307,6 +324,7 @@ impl Node {
         Ok(Node {
             rt,
             container,
+            warm_layers,
             live: Mutex::new(Vec::new()),
             stop_failures: Mutex::new(Vec::new()),
             _state: state,
@@ -335,6 +353,7 @@ impl Node {
             resources: self.container.resources,
         };
         let taken_before = self.warm_taken();
+        let layers_before = self.layers_taken();
         let at = Instant::now();
         let sandbox = self
             .rt
@@ -353,6 +372,7 @@ impl Node {
             sandbox_time,
             exec_time,
             warm: self.warm_taken() > taken_before,
+            warm_layer: self.layers_taken() > layers_before,
         })
     }
 
@@ -360,10 +380,20 @@ impl Node {
         self.rt.warm_stats().map_or(0, |w| w.taken)
     }
 
-    /// Lets the pool fill, as it would on an agent idle for a moment; a pool that cannot fill
-    /// in that time is reported by its counts, not hidden.
+    fn layers_taken(&self) -> u64 {
+        self.rt.layer_stats().map_or(0, |l| l.taken)
+    }
+
+    /// Lets the pools fill, as they would on an agent idle for a moment; a pool that cannot
+    /// fill in that time is reported by its counts, not hidden.
     fn let_warm_fill(&self) {
+        let deadline = Instant::now() + WARM_FILL_TIMEOUT;
         self.rt.wait_warm(WARM_FILL_TIMEOUT);
+        if let Rootfs::Image(image) = &self.container.rootfs {
+            while self.rt.warm_layers_ready(image) < self.warm_layers && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
     }
 
     /// Waits until the pod answers a TCP connect on [`PORT`]; returns when it first did.
@@ -491,7 +521,13 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         cidr: format!("10.124.{}.0/24", pid % 250).parse()?,
     };
     let _bridge = BridgeGuard(network.name.clone());
-    let node = Node::new(&launcher, &busybox, network.clone(), DEFAULT_WARM_SANDBOXES)?;
+    let node = Node::new(
+        &launcher,
+        &busybox,
+        network.clone(),
+        DEFAULT_WARM_SANDBOXES,
+        DEFAULT_WARM_LAYERS,
+    )?;
 
     // The first pod also starts the launcher and warms the page cache; a real agent pays that
     // once, at boot, so it is reported apart.
@@ -505,6 +541,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     pb.finish_and_clear();
     stops.extend(node.stop_all()?);
     let latency_taken = lat.warm;
+    let latency_layers_taken = lat.warm_layers;
 
     let pb = bar(
         plan.pods as u64 * 2,
@@ -512,29 +549,36 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         hidden,
     );
     node.let_warm_fill();
-    let before = node.warm_taken();
+    let (before, layers_before) = (node.warm_taken(), node.layers_taken());
     let sequential = starts_sequential(&node, plan.pods, &pb)?;
     let sequential_taken = node.warm_taken() - before;
+    let sequential_layers_taken = node.layers_taken() - layers_before;
     stops.extend(node.stop_all()?);
     node.let_warm_fill();
-    let before = node.warm_taken();
+    let (before, layers_before) = (node.warm_taken(), node.layers_taken());
     let parallel = starts_parallel(&node, plan.pods, &pb)?;
     let parallel_taken = node.warm_taken() - before;
+    let parallel_layers_taken = node.layers_taken() - layers_before;
     stops.extend(node.stop_all()?);
     pb.finish_and_clear();
     let warm_stats = node.rt.warm_stats().unwrap_or_default();
+    let layer_stats = node.rt.layer_stats().unwrap_or_default();
 
     // Every pod is stopped: the launcher is as idle as it gets.
     let launcher_rss = launcher_rss()?;
     let stop_failures = std::mem::take(&mut *node.stop_failures());
     drop(node);
 
-    // The same latency run without a warm pool, on the same bridge (the first runtime's pods
-    // are all gone), so the pool's share of the figures is seen in one run.
-    let cold_node = Node::new(&launcher, &busybox, network, 0)?;
+    // The same latency run without the warm pools, on the same bridge (the first runtime's
+    // pods are all gone), so the pools' share of the figures is seen in one run.
+    let cold_node = Node::new(&launcher, &busybox, network, 0, 0)?;
     let first = cold_node.start_pod("cold-first", 0)?;
     cold_node.wait_ready(&first)?;
-    let pb = bar(plan.pods as u64, "pod start → Ready, warm pool off", hidden);
+    let pb = bar(
+        plan.pods as u64,
+        "pod start → Ready, warm pools off",
+        hidden,
+    );
     let cold = latency_run(&cold_node, "cold", plan.pods, &pb)?;
     pb.finish_and_clear();
     drop(cold_node);
@@ -592,6 +636,12 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             parallel_taken,
             made: warm_stats.made,
             failed: warm_stats.failed,
+            layers: DEFAULT_WARM_LAYERS,
+            latency_layers_taken,
+            sequential_layers_taken,
+            parallel_layers_taken,
+            layers_made: layer_stats.made,
+            layers_failed: layer_stats.failed,
         },
         throughput: Throughput {
             pods: plan.pods,
@@ -626,6 +676,8 @@ struct LatencyRun {
     ready: Vec<Duration>,
     /// How many sandboxes came from the warm pool.
     warm: u64,
+    /// How many containers took a warm layer.
+    warm_layers: u64,
 }
 
 /// Starts `pods` pods one at a time, each waited for until Ready before the next.
@@ -645,6 +697,7 @@ fn latency_run(
         r.exec.push(pod.exec_time);
         r.ready.push(at.saturating_duration_since(pod.at));
         r.warm += u64::from(pod.warm);
+        r.warm_layers += u64::from(pod.warm_layer);
         pb.inc(1);
     }
     Ok(r)
@@ -1030,7 +1083,13 @@ fn print_text(r: &Report) {
         None,
     );
     row(
-        "pod start → exec'd, p50, warm pool off",
+        &format!("  containers on a warm layer ({} per image)", w.layers),
+        format!("{} of {}", w.latency_layers_taken, r.pods),
+        "",
+        None,
+    );
+    row(
+        "pod start → exec'd, p50, warm pools off",
         format!("{:.2} ms", r.cold.start_to_exec.p50_ms),
         "",
         None,
@@ -1061,15 +1120,18 @@ fn print_text(r: &Report) {
     );
     let t = &r.throughput;
     row(
-        &format!("starts/s, one after another ({} warm)", w.sequential_taken),
+        &format!(
+            "starts/s, one after another ({}/{} warm)",
+            w.sequential_taken, w.sequential_layers_taken
+        ),
         format!("{:.0}/s", t.sequential_per_s),
         "",
         None,
     );
     row(
         &format!(
-            "starts/s, {} threads ({} warm)",
-            t.threads, w.parallel_taken
+            "starts/s, {} threads ({}/{} warm)",
+            t.threads, w.parallel_taken, w.parallel_layers_taken
         ),
         format!("{:.0}/s", t.parallel_per_s),
         "",
@@ -1139,9 +1201,12 @@ fn print_text(r: &Report) {
         "warm pool: the runtime keeps {} sandboxes (namespaces, veth, IP) made ahead, as the \
          agent does by default; a pod takes one and only gets its hostname, its cgroups and \
          the IP handed over. Each run starts from a full pool; a pod that finds it empty has \
-         its sandbox made cold. Made over the run: {}, failed: {}. \"warm pool off\" is the \
-         same latency run on a runtime without one.",
-        w.pool, w.made, w.failed
+         its sandbox made cold. Made over the run: {}, failed: {}. The runtime also keeps {} \
+         container layers (the writable layer's directories and the overlay over the image) \
+         mounted ahead for each image used last; a container of that image takes one. Made \
+         over the run: {}, failed: {}. The starts/s rows count sandboxes/layers taken warm. \
+         \"warm pools off\" is the same latency run on a runtime with neither.",
+        w.pool, w.made, w.failed, w.layers, w.layers_made, w.layers_failed
     );
     println!(
         "starts/s: {} pods started back to back, the clock stopping when the last has exec'd \

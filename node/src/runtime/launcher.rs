@@ -134,6 +134,10 @@ pub struct ContainerLaunch {
     /// The container's own directory: `upper` and `work` of its writable layer, and `merged`,
     /// where its root is assembled.
     pub layer: PathBuf,
+    /// Whether `merged` already holds the overlay of the image and the writable layer,
+    /// mounted ahead in the host's namespace (a warm layer, see `super::layers`).
+    #[serde(default)]
+    pub premounted: bool,
     pub read_only_root_filesystem: bool,
     pub mounts: Vec<BindMount>,
     pub process: Process,
@@ -615,15 +619,12 @@ fn libc_o_cloexec() -> i32 {
 
 fn mount_root(req: &ContainerLaunch, root: &Path) -> Result<(), String> {
     match &req.rootfs {
+        // The copy of the host's mounts this namespace started with has it already.
+        Rootfs::Image(_) if req.premounted && !req.read_only_root_filesystem => Ok(()),
         Rootfs::Image(lower) if !req.read_only_root_filesystem => {
             // The image stays untouched and shared; the container writes to its own upper
             // layer, which goes away with the container.
-            let data = format!(
-                "lowerdir={},upperdir={},workdir={}",
-                lower.display(),
-                req.layer.join("upper").display(),
-                req.layer.join("work").display()
-            );
+            let data = rootfs::overlay_options(lower, &req.layer);
             step(
                 "mount the container's root filesystem (overlay)",
                 mount(

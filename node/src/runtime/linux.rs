@@ -11,7 +11,11 @@
 //!     exit.json                                   how it ended (written by its shim)
 //!     upper/ work/ merged/                        its writable layer and root
 //! <state>/logs/<key>/<name>/<attempt>.log         its stdout and stderr
+//! <state>/layers/<n>/upper/ work/ merged/         a warm layer no container has taken
 //! ```
+//!
+//! A warm layer's `merged` is an overlay mounted in the host's mount namespace (see
+//! [`super::layers`]); a container that takes one keeps it there until it is removed.
 //!
 //! Cgroups: `coxswain/<key>` for the pod, `coxswain/<key>/sandbox` for the holder and
 //! `coxswain/<key>/<name>.<attempt>` for each container (processes only in leaves, which
@@ -22,19 +26,23 @@ use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use nix::errno::Errno;
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::{CloneFlags, setns};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
 use super::launcher::{self, ContainerLaunch, ExecLaunch, ExitRecord, Process, Request, Response};
+use super::layers::{LayerPool, LayerStats};
 use super::warm::{OWNER_PREFIX, Warm, WarmPool, WarmStats};
 use super::{
-    ContainerId, ContainerSpec, ContainerState, EXEC_OUTPUT_LIMIT, ExecOutput, Runtime, Sandbox,
-    SandboxSpec, rootfs,
+    ContainerId, ContainerSpec, ContainerState, EXEC_OUTPUT_LIMIT, ExecOutput, Rootfs, Runtime,
+    Sandbox, SandboxSpec, rootfs,
 };
 use crate::cgroup::{Cgroup, Resources, Usage};
 use crate::error::{Error, Result};
@@ -58,12 +66,19 @@ pub struct LinuxConfig {
     /// How many sandboxes to keep made ahead of pods (see [`super::warm`]); 0 turns the pool
     /// off. Used only with a `network`.
     pub warm_sandboxes: usize,
+    /// How many container layers to keep mounted ahead for each of the images containers
+    /// were started from last (see [`super::layers`]); 0 turns this off.
+    pub warm_layers: usize,
 }
 
 /// The agent's default for [`LinuxConfig::warm_sandboxes`]: enough for a small burst of
 /// pods, few enough that the idle cost (a sleeping process, a veth and an address each) is
 /// nothing to notice.
 pub const DEFAULT_WARM_SANDBOXES: usize = 4;
+
+/// The agent's default for [`LinuxConfig::warm_layers`]: as many as warm sandboxes, so a
+/// burst that takes those finds its layers too.
+pub const DEFAULT_WARM_LAYERS: usize = DEFAULT_WARM_SANDBOXES;
 
 /// The Linux runtime. Cheap to share behind an `Arc`; calls from several threads are safe
 /// (the launcher answers one request at a time, and each request takes a few milliseconds).
@@ -78,6 +93,8 @@ pub struct LinuxRuntime {
     network: Option<(Bridge, Pool)>,
     /// `None` without a network, with `warm_sandboxes` 0, and after [`LinuxRuntime::shutdown_warm`].
     warm: Mutex<Option<Arc<WarmPool>>>,
+    /// `None` with `warm_layers` 0, and after [`LinuxRuntime::shutdown_warm`].
+    layers: Mutex<Option<Arc<LayerPool>>>,
     /// Open cgroup handles by path: a handle removes its cgroup when dropped while empty, so
     /// the runtime keeps one for as long as the cgroup is meant to exist.
     cgroups: Mutex<HashMap<String, Cgroup>>,
@@ -123,10 +140,22 @@ struct ContainerRecord {
 impl LinuxRuntime {
     /// Opens the runtime over `cfg.state_dir`, setting up the node's bridge if configured.
     pub fn new(cfg: LinuxConfig) -> Result<LinuxRuntime> {
-        for dir in ["sandboxes", "logs", "ipam"] {
+        for dir in ["sandboxes", "logs", "ipam", "layers"] {
             let path = cfg.state_dir.join(dir);
             fs::create_dir_all(&path).map_err(Error::io("create state dir", &path))?;
         }
+        let layers_dir = cfg.state_dir.join("layers");
+        remove_stale_layers(&layers_dir)?;
+        let layers = if cfg.warm_layers > 0 {
+            let seq = AtomicU64::new(0);
+            Some(Arc::new(LayerPool::start(
+                cfg.warm_layers,
+                Box::new(move |image| make_layer(&layers_dir, &seq, image)),
+                Box::new(destroy_layer),
+            )?))
+        } else {
+            None
+        };
         let network = match &cfg.network {
             Some(net) => {
                 let pool = Pool::open(&cfg.state_dir.join("ipam"), net.cidr)?;
@@ -156,6 +185,7 @@ impl LinuxRuntime {
             warm_launcher,
             network,
             warm: Mutex::new(warm),
+            layers: Mutex::new(layers),
             cgroups: Mutex::new(HashMap::new()),
         })
     }
@@ -178,6 +208,50 @@ impl LinuxRuntime {
         let taken = self.warm.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(pool) = taken {
             pool.stop();
+        }
+        let layers = self.layers.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(pool) = layers {
+            pool.stop();
+        }
+    }
+
+    /// How the warm layer pool has done; `None` when there is none.
+    pub fn layer_stats(&self) -> Option<LayerStats> {
+        self.layer_pool().map(|p| p.stats())
+    }
+
+    /// How many warm layers over `image` are ready now (for a benchmark or a test that
+    /// wants to start from a pool that has been idle a moment).
+    pub fn warm_layers_ready(&self, image: &Path) -> usize {
+        self.layer_pool().map_or(0, |p| p.ready(image))
+    }
+
+    fn layer_pool(&self) -> Option<Arc<LayerPool>> {
+        self.layers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Moves a warm layer over `spec`'s image into `dir`, the container's directory;
+    /// whether it did (if not, the container's layer is made the cold way).
+    fn take_layer(&self, spec: &ContainerSpec, dir: &Path) -> bool {
+        let Rootfs::Image(image) = &spec.rootfs else {
+            return false;
+        };
+        if spec.read_only_root_filesystem {
+            return false;
+        }
+        let Some(layer) = self.layer_pool().and_then(|p| p.take(image)) else {
+            return false;
+        };
+        match fs::rename(&layer, dir) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, layer = %layer.display(), "could not take a warm layer; making one");
+                destroy_layer(&layer);
+                false
+            }
         }
     }
 
@@ -408,6 +482,67 @@ impl Launcher {
             let _ = l.child.wait();
         }
     }
+}
+
+/// Makes one warm layer over `image` in `dir`: its directories and the overlay at `merged`.
+fn make_layer(dir: &Path, seq: &AtomicU64, image: &Path) -> Result<PathBuf> {
+    let layer = dir.join(seq.fetch_add(1, Ordering::Relaxed).to_string());
+    let made = (|| -> Result<()> {
+        for sub in ["upper", "work", "merged"] {
+            fs::create_dir_all(layer.join(sub)).map_err(Error::io("create warm layer", &layer))?;
+        }
+        let options = rootfs::overlay_options(image, &layer);
+        mount(
+            Some("overlay"),
+            &layer.join("merged"),
+            Some("overlay"),
+            MsFlags::empty(),
+            Some(options.as_str()),
+        )
+        .map_err(Error::sys(format!(
+            "mount a warm layer over {}",
+            image.display()
+        )))
+    })();
+    match made {
+        Ok(()) => Ok(layer),
+        Err(e) => {
+            let _ = fs::remove_dir_all(&layer);
+            Err(e)
+        }
+    }
+}
+
+/// Unmounts the overlay of a layer made warm, if it is mounted here; a container's own
+/// overlay (made the cold way) lives in its mount namespace and is not.
+fn unmount_layer(dir: &Path) {
+    let merged = dir.join("merged");
+    match umount2(&merged, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(Errno::EINVAL | Errno::ENOENT) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, path = %merged.display(), "could not unmount a container layer")
+        }
+    }
+}
+
+/// Unmounts and removes a warm layer.
+fn destroy_layer(layer: &Path) {
+    unmount_layer(layer);
+    if let Err(e) = fs::remove_dir_all(layer) {
+        tracing::warn!(error = %e, layer = %layer.display(), "could not remove a warm layer");
+    }
+}
+
+/// Removes the warm layers an earlier agent left: nothing took them, and their overlays may
+/// still be mounted.
+fn remove_stale_layers(dir: &Path) -> Result<()> {
+    for entry in fs::read_dir(dir).map_err(Error::io("read", dir))? {
+        let entry = entry.map_err(Error::io("read", dir))?;
+        let layer = entry.path();
+        unmount_layer(&layer);
+        fs::remove_dir_all(&layer).map_err(Error::io("remove a stale warm layer", &layer))?;
+    }
+    Ok(())
 }
 
 /// Numbers warm sandboxes apart within one agent process.
@@ -737,8 +872,12 @@ impl Runtime for LinuxRuntime {
             rootfs::check_container_path("volumeMounts.mountPath", &m.destination)?;
         }
         let dir = self.container_dir(&id);
-        for sub in ["upper", "work", "merged"] {
-            fs::create_dir_all(dir.join(sub)).map_err(Error::io("create container dir", &dir))?;
+        let premounted = self.take_layer(spec, &dir);
+        if !premounted {
+            for sub in ["upper", "work", "merged"] {
+                fs::create_dir_all(dir.join(sub))
+                    .map_err(Error::io("create container dir", &dir))?;
+            }
         }
         let log = self.log_path(&id);
         if let Some(parent) = log.parent() {
@@ -763,6 +902,7 @@ impl Runtime for LinuxRuntime {
             cgroup_procs: procs,
             rootfs: spec.rootfs.clone(),
             layer: dir.clone(),
+            premounted,
             read_only_root_filesystem: spec.read_only_root_filesystem,
             mounts: spec.mounts.clone(),
             process: process.clone(),
@@ -868,7 +1008,8 @@ impl Runtime for LinuxRuntime {
             }
         }
         // The container's mounts lived in its own mount namespace and went with its last
-        // process; only plain files are left.
+        // process; only a warm layer's overlay is mounted in ours, and then plain files.
+        unmount_layer(&dir);
         let mut tries = 0;
         loop {
             match fs::remove_dir_all(&dir) {

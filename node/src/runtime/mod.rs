@@ -12,6 +12,7 @@
 
 pub mod fake;
 pub mod launcher;
+pub mod layers;
 pub mod linux;
 mod rootfs;
 pub mod warm;

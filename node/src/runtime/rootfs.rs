@@ -15,6 +15,17 @@ use crate::error::{Error, Result};
 /// How many symlinks one resolution follows before giving up (the kernel's `MAXSYMLINKS`).
 const MAX_SYMLINKS: u32 = 40;
 
+/// The overlay mount options of a container's root: `image` below, read-only and shared, and
+/// the writable layer in `layer` (its `upper` and `work`) on top.
+pub fn overlay_options(image: &Path, layer: &Path) -> String {
+    format!(
+        "lowerdir={},upperdir={},workdir={}",
+        image.display(),
+        layer.join("upper").display(),
+        layer.join("work").display()
+    )
+}
+
 /// `path` (as the container sees it) resolved to a host path under `root`, following
 /// symlinks as if `root` were `/`. Components that do not exist are appended as they are.
 pub fn resolve_in(root: &Path, path: &str) -> Result<PathBuf> {
