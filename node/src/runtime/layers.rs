@@ -22,9 +22,9 @@
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 
-use crate::error::{Error, Result};
+use super::background::Background;
+use crate::error::Result;
 
 /// How many images the pool keeps layers for: those of the containers started last.
 pub const IMAGES: usize = 2;
@@ -50,7 +50,7 @@ pub struct LayerStats {
 /// The pool and its refill thread.
 pub struct LayerPool {
     shared: Arc<Shared>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    thread: Background,
 }
 
 impl std::fmt::Debug for LayerPool {
@@ -124,16 +124,8 @@ impl LayerPool {
             changed: Condvar::new(),
         });
         let worker = Arc::clone(&shared);
-        let thread = std::thread::Builder::new()
-            .name("coxswain-layers".into())
-            .spawn(move || refill(&worker))
-            .map_err(|e| Error::Launch {
-                reason: format!("cannot start the warm layer thread: {e}"),
-            })?;
-        Ok(LayerPool {
-            shared,
-            thread: Mutex::new(Some(thread)),
-        })
+        let thread = Background::spawn("coxswain-layers", "warm layer", move || refill(&worker))?;
+        Ok(LayerPool { shared, thread })
     }
 
     /// Takes the oldest ready layer over `image`, if there is one, and has the thread make
@@ -168,11 +160,8 @@ impl LayerPool {
     pub fn stop(&self) {
         self.shared.lock().stopping = true;
         self.shared.changed.notify_all();
-        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(thread) = thread {
-            // The thread removes what is left on its way out; a panic there was logged.
-            let _ = thread.join();
-        }
+        // The thread removes what is left on its way out.
+        self.thread.join();
     }
 }
 
@@ -247,6 +236,7 @@ fn refill(shared: &Shared) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Error;
     use std::sync::atomic::{AtomicU32, Ordering};
     use std::time::{Duration, Instant};
 

@@ -10,6 +10,7 @@
 //! [`Runtime::container_status`], because the agent must be able to restart and find its
 //! containers still running (so it cannot be their parent).
 
+mod background;
 pub mod fake;
 pub mod launcher;
 pub mod layers;

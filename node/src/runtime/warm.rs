@@ -19,10 +19,10 @@
 use std::collections::VecDeque;
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::error::{Error, Result};
+use super::background::Background;
+use crate::error::Result;
 
 /// The IPAM owner (and hostname) prefix of a sandbox no pod has taken yet.
 pub const OWNER_PREFIX: &str = "warm-";
@@ -70,7 +70,7 @@ pub type Destroy = Box<dyn Fn(&Warm) + Send + Sync>;
 /// The pool and its refill thread.
 pub struct WarmPool {
     shared: Arc<Shared>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    thread: Background,
 }
 
 impl std::fmt::Debug for WarmPool {
@@ -115,16 +115,8 @@ impl WarmPool {
             changed: Condvar::new(),
         });
         let worker = Arc::clone(&shared);
-        let thread = std::thread::Builder::new()
-            .name("coxswain-warm".into())
-            .spawn(move || refill(&worker))
-            .map_err(|e| Error::Launch {
-                reason: format!("cannot start the warm sandbox thread: {e}"),
-            })?;
-        Ok(WarmPool {
-            shared,
-            thread: Mutex::new(Some(thread)),
-        })
+        let thread = Background::spawn("coxswain-warm", "warm sandbox", move || refill(&worker))?;
+        Ok(WarmPool { shared, thread })
     }
 
     /// Takes the oldest ready sandbox, if there is one, and has the thread make another.
@@ -180,12 +172,7 @@ impl WarmPool {
     pub fn stop(&self) {
         self.shared.lock().stopping = true;
         self.shared.changed.notify_all();
-        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(thread) = thread
-            && thread.join().is_err()
-        {
-            tracing::warn!("the warm sandbox thread panicked");
-        }
+        self.thread.join();
         let left: Vec<Warm> = self.shared.lock().ready.drain(..).collect();
         for warm in &left {
             (self.shared.destroy)(warm);
@@ -261,6 +248,7 @@ fn refill(shared: &Shared) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Error;
     use std::sync::atomic::{AtomicU32, Ordering};
 
     fn counting_pool(target: usize, fail_first: u32) -> (WarmPool, Arc<AtomicU32>) {
