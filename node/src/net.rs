@@ -39,10 +39,12 @@ use futures::TryStreamExt;
 use ipnet::Ipv4Net;
 use nix::errno::Errno;
 use nix::sched::CloneFlags;
+use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{
     InfoData, InfoKind, InfoPortKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
+use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage};
 use rtnetlink::{
     Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth,
     RouteMessageBuilder,
@@ -260,7 +262,8 @@ impl Bridge {
                 .map_err(nl_error(format!("turning on hairpin mode on {host_if}")))
         };
         let pod_side = configure_pod_side(&pod, ip, self.cidr.prefix_len(), self.gateway);
-        if let Err(err) = futures::try_join!(hairpin, pod_side) {
+        let forget = forget_neighbour(&host, self.index, ip);
+        if let Err(err) = futures::try_join!(hairpin, pod_side, forget) {
             // Deleting the host end takes the peer with it, so a retry starts from nothing.
             if let Err(cleanup) = delete_link_by_name(&host, host_if).await {
                 tracing::warn!(host_if, error = %cleanup, "could not remove a half-made veth");
@@ -695,6 +698,29 @@ async fn ensure_gateway_address(
                 ))(err));
             }
         }
+    }
+    Ok(())
+}
+
+/// Removes the host's ARP entry for `ip` on the bridge, if it has one. An address is handed
+/// out again once its pod is gone, and the host keeps the entry of the pod that had it (the
+/// old veth's MAC) REACHABLE for up to 45 s after its last use, then probes it for 8 s more:
+/// until then every packet from the host (probes, a Service's traffic) to the new pod would go
+/// to a MAC no one has. Without the entry the host asks again, and the new pod answers.
+/// (The CNI bridge plugin sends a gratuitous ARP from the pod for the same reason; that also
+/// reaches other pods' caches, which this does not.) A failure here is logged, not fatal: the
+/// entry expires by itself in the end.
+async fn forget_neighbour(host: &Handle, bridge: u32, ip: Ipv4Addr) -> Result<()> {
+    let mut entry = NeighbourMessage::default();
+    entry.header.family = AddressFamily::Inet;
+    entry.header.ifindex = bridge;
+    entry
+        .attributes
+        .push(NeighbourAttribute::Destination(NeighbourAddress::from(ip)));
+    match host.neighbours().del(entry).execute().await {
+        Ok(()) => tracing::debug!(%ip, "forgot the host's ARP entry of an earlier pod"),
+        Err(err) if errno_of(&err) == Some(Errno::ENOENT) => {}
+        Err(err) => tracing::warn!(%ip, error = %err, "could not remove the host's ARP entry"),
     }
     Ok(())
 }

@@ -445,6 +445,61 @@ fn detach_removes_the_host_veth_and_the_pod_eth0_and_twice_is_fine() {
 }
 
 #[test]
+fn an_address_handed_to_a_new_pod_is_reached_at_once_despite_the_old_pods_arp_entry() {
+    if !support::require_root(
+        "an_address_handed_to_a_new_pod_is_reached_at_once_despite_the_old_pods_arp_entry",
+    ) {
+        return;
+    }
+    let (_, cfg) = unique_config();
+    let _guard = BridgeGuard::new(&cfg);
+    let bridge = Bridge::ensure(&cfg).unwrap();
+    let ip = host_addr(cfg.cidr, 11);
+    let old = PodNetns::spawn();
+    let old_if = net::host_if_name(&format!("{}-old", cfg.name));
+    bridge.attach(&old.path(), ip, &old_if).unwrap();
+    let out = host_pings(ip);
+    assert!(ping_ok(&out), "first pod unreachable: {}", printed(&out));
+    bridge.detach(&old_if).unwrap();
+    drop(old);
+    // What the host holds for a while after talking to a pod that is gone: its MAC, still
+    // REACHABLE (the kernel keeps it so for 15-45 s, then probes it).
+    let stale_mac = "02:00:00:00:00:11";
+    let ip_text = ip.to_string();
+    stdout_of(
+        "ip",
+        &[
+            "neigh",
+            "replace",
+            &ip_text,
+            "lladdr",
+            stale_mac,
+            "dev",
+            &cfg.name,
+            "nud",
+            "reachable",
+        ],
+    );
+    assert!(stdout_of("ip", &["neigh", "show", &ip_text, "dev", &cfg.name]).contains(stale_mac));
+
+    let new = PodNetns::spawn();
+    let new_if = net::host_if_name(&format!("{}-new", cfg.name));
+    bridge.attach(&new.path(), ip, &new_if).unwrap();
+    let entry = stdout_of("ip", &["neigh", "show", &ip_text, "dev", &cfg.name]);
+    assert!(
+        !entry.contains(stale_mac),
+        "the old pod's entry survived: {entry}"
+    );
+    let out = host_pings(ip);
+    assert!(
+        ping_ok(&out),
+        "the new pod at {ip} is unreachable: {}",
+        printed(&out)
+    );
+    bridge.detach(&new_if).unwrap();
+}
+
+#[test]
 fn a_failed_attach_leaves_nothing_behind() {
     if !support::require_root("a_failed_attach_leaves_nothing_behind") {
         return;
