@@ -17,7 +17,11 @@ use std::path::Path;
 use std::process::Command;
 
 fn main() {
-    let list = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/hot-symbols.txt");
+    // Read when the script runs, not baked in when it was compiled: clones of the project
+    // that share a target directory share this script's binary too, and each must hand the
+    // linker its own list.
+    let root = std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default();
+    let list = Path::new(&root).join("src/hot-symbols.txt");
     println!("cargo::rerun-if-changed=src/hot-symbols.txt");
     println!("cargo::rerun-if-env-changed=COXSWAIN_NO_SYMBOL_ORDER");
     let release = std::env::var("PROFILE").is_ok_and(|p| p == "release");
