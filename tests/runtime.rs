@@ -23,6 +23,16 @@ const IMAGES: &str = "/var/lib/coxswain/images";
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
+/// The root filesystem of the busybox image in the node's image store.
+fn busybox() -> PathBuf {
+    ImageStore::open(Path::new(IMAGES))
+        .unwrap()
+        .get("busybox:latest")
+        .unwrap()
+        .expect("busybox:latest is in the image store (scripts/dev.sh imports it)")
+        .rootfs
+}
+
 /// One runtime with its own state dir, bridge and pod CIDR, torn down on drop.
 struct Node {
     rt: LinuxRuntime,
@@ -51,12 +61,7 @@ impl Node {
             name: format!("cxr{tag}"),
             cidr: format!("10.123.{}.0/24", tag % 250).parse().unwrap(),
         });
-        let store = ImageStore::open(Path::new(IMAGES)).unwrap();
-        let busybox = store
-            .get("busybox:latest")
-            .unwrap()
-            .expect("busybox:latest is in the image store (scripts/dev.sh imports it)")
-            .rootfs;
+        let busybox = busybox();
         let rt = LinuxRuntime::new(LinuxConfig {
             state_dir: state.path().to_owned(),
             launcher: PathBuf::from(env!("CARGO_BIN_EXE_coxswain")),
@@ -731,12 +736,7 @@ fn warm_layers_a_dead_agent_left_are_unmounted_and_removed_on_start() {
         return;
     }
     let state = tempfile::tempdir().unwrap();
-    let busybox = ImageStore::open(Path::new(IMAGES))
-        .unwrap()
-        .get("busybox:latest")
-        .unwrap()
-        .expect("busybox:latest is in the image store (scripts/dev.sh imports it)")
-        .rootfs;
+    let busybox = busybox();
     // What an agent killed with SIGKILL leaves: a layer mounted over the image.
     let stale = state.path().join("layers/7");
     for sub in ["upper", "work", "merged"] {

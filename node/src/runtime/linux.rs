@@ -147,10 +147,9 @@ impl LinuxRuntime {
         let layers_dir = cfg.state_dir.join("layers");
         remove_stale_layers(&layers_dir)?;
         let layers = if cfg.warm_layers > 0 {
-            let seq = AtomicU64::new(0);
             Some(Arc::new(LayerPool::start(
                 cfg.warm_layers,
-                Box::new(move |image| make_layer(&layers_dir, &seq, image)),
+                Box::new(move |image| make_layer(&layers_dir, image)),
                 Box::new(destroy_layer),
             )?))
         } else {
@@ -484,13 +483,23 @@ impl Launcher {
     }
 }
 
+/// Makes a container layer's directories in `dir`: `upper` and `work` for the overlay's
+/// writable layer, `merged` where the root is mounted.
+fn make_layer_dirs(dir: &Path) -> Result<()> {
+    for sub in ["upper", "work", "merged"] {
+        fs::create_dir_all(dir.join(sub)).map_err(Error::io("create container layer", dir))?;
+    }
+    Ok(())
+}
+
+/// Numbers warm layers apart within one agent process.
+static LAYER_SEQ: AtomicU64 = AtomicU64::new(0);
+
 /// Makes one warm layer over `image` in `dir`: its directories and the overlay at `merged`.
-fn make_layer(dir: &Path, seq: &AtomicU64, image: &Path) -> Result<PathBuf> {
-    let layer = dir.join(seq.fetch_add(1, Ordering::Relaxed).to_string());
+fn make_layer(dir: &Path, image: &Path) -> Result<PathBuf> {
+    let layer = dir.join(LAYER_SEQ.fetch_add(1, Ordering::Relaxed).to_string());
     let made = (|| -> Result<()> {
-        for sub in ["upper", "work", "merged"] {
-            fs::create_dir_all(layer.join(sub)).map_err(Error::io("create warm layer", &layer))?;
-        }
+        make_layer_dirs(&layer)?;
         let options = rootfs::overlay_options(image, &layer);
         mount(
             Some("overlay"),
@@ -546,14 +555,14 @@ fn remove_stale_layers(dir: &Path) -> Result<()> {
 }
 
 /// Numbers warm sandboxes apart within one agent process.
-static WARM_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static WARM_SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// Makes one warm sandbox: a holder from the launcher, an address, a veth.
 fn make_warm(launcher: &Launcher, bridge: &Bridge, pool: &Pool) -> Result<Warm> {
     let owner = format!(
         "{OWNER_PREFIX}{}-{}",
         std::process::id(),
-        WARM_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        WARM_SEQ.fetch_add(1, Ordering::Relaxed)
     );
     let pid = launcher.request(&Request::Sandbox(launcher::SandboxLaunch {
         hostname: owner.clone(),
@@ -874,10 +883,7 @@ impl Runtime for LinuxRuntime {
         let dir = self.container_dir(&id);
         let premounted = self.take_layer(spec, &dir);
         if !premounted {
-            for sub in ["upper", "work", "merged"] {
-                fs::create_dir_all(dir.join(sub))
-                    .map_err(Error::io("create container dir", &dir))?;
-            }
+            make_layer_dirs(&dir)?;
         }
         let log = self.log_path(&id);
         if let Some(parent) = log.parent() {
@@ -1031,7 +1037,7 @@ impl Runtime for LinuxRuntime {
             });
         };
         let dir = self.container_dir(id);
-        let n = EXEC_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let n = EXEC_SEQ.fetch_add(1, Ordering::Relaxed);
         let output = dir.join(format!("exec-{n}.out"));
         let exit_file = dir.join(format!("exec-{n}.exit"));
         let mut cgroup_procs = Vec::new();
@@ -1132,7 +1138,7 @@ impl Runtime for LinuxRuntime {
 }
 
 /// Numbers exec output files apart within one agent process.
-static EXEC_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static EXEC_SEQ: AtomicU64 = AtomicU64::new(0);
 
 impl Drop for LinuxRuntime {
     fn drop(&mut self) {
