@@ -35,6 +35,9 @@ pub const NOTES_REF: &str = "refs/notes/coxswain";
 /// cannot also be a directory.
 const SCRATCH_PREFIX: &str = "refs/coxswain/scratch/";
 
+/// The private repository (see [`private_refs`]), relative to the real one's git dir.
+const PRIVATE_REFS_DIR: &str = "coxswain/notes";
+
 /// How many times a compare-and-swap on the notes ref is retried before giving up. Each lost
 /// race means another writer made progress, so this only runs out under a pathological storm.
 const MAX_ATTEMPTS: u32 = 20;
@@ -614,13 +617,14 @@ pub fn write(repo: &Repository, status: &CommitStatus) -> Result<Written> {
     let target = commit_id(repo, &status.commit)?;
     let text = render(status);
     let sig = signature(repo)?;
+    let private = private_refs(repo)?;
     for attempt in 0..MAX_ATTEMPTS {
         let base = ref_target(repo, NOTES_REF)?;
         // The read and the new notes commit are both made from this snapshot of the ref, so
         // the compare-and-swap below also proves that the decision was made on current data.
-        let scratch = Scratch::at(repo, base, "write")?;
+        let scratch = Scratch::at(&private, base, "write")?;
         if base.is_some()
-            && let Some(existing) = note_text(repo, &scratch.name, target)?
+            && let Some(existing) = note_text(&private, &scratch.name, target)?
         {
             match parse_note(&existing) {
                 Ok(prev) if prev.commit == status.commit => {
@@ -644,7 +648,8 @@ pub fn write(repo: &Repository, status: &CommitStatus) -> Result<Written> {
                 }
             }
         }
-        repo.note(&sig, &sig, Some(&scratch.name), target, &text, true)
+        private
+            .note(&sig, &sig, Some(&scratch.name), target, &text, true)
             .map_err(Error::git(format!("writing the note of {}", status.commit)))?;
         let new = scratch.target()?.ok_or_else(|| Error::Note {
             commit: status.commit.clone(),
@@ -772,6 +777,56 @@ fn gave_up(context: String) -> Error {
             format!("{NOTES_REF} kept moving; gave up after {MAX_ATTEMPTS} attempts"),
         ),
     }
+}
+
+/// A repository of coxswain's own inside the real one's git dir that reads and writes the
+/// real repository's objects but keeps refs of its own, for the [`Scratch`] refs of a notes
+/// commit being built. In the real repository such a ref would be seen by everyone listing its
+/// refs at that moment, and one that vanishes in the middle of a listing fails git's
+/// receive-pack (a user's push: "bad object") and libgit2's `file://` fetch. The objects of a
+/// notes commit are unreferenced in the real repository until [`NOTES_REF`] moves to them,
+/// milliseconds later; `git gc` keeps unreferenced loose objects for two weeks
+/// (`gc.pruneExpire`), so it cannot take them in between.
+fn private_refs(repo: &Repository) -> Result<Repository> {
+    let dir = repo.path().join(PRIVATE_REFS_DIR);
+    let private = match Repository::open_bare(&dir) {
+        Ok(private) => private,
+        Err(e) if e.code() == ErrorCode::NotFound => create_private(&dir)?,
+        Err(e) => return Err(Error::git(format!("opening {}", dir.display()))(e)),
+    };
+    let odb = repo
+        .odb()
+        .map_err(Error::git("opening the object database"))?;
+    private.set_odb(&odb).map_err(Error::git(format!(
+        "sharing the objects with {}",
+        dir.display()
+    )))?;
+    Ok(private)
+}
+
+/// Makes the private repository at `dir` whole elsewhere and renames it into place, so a
+/// concurrent writer (another thread, a second coxswain) never opens a half-made one and the
+/// loser of the race simply uses the winner's.
+fn create_private(dir: &Path) -> Result<Repository> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let staging = dir.with_extension(format!(
+        "new-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    Repository::init_bare(&staging)
+        .map_err(Error::git(format!("creating {}", staging.display())))?;
+    if let Err(e) = std::fs::rename(&staging, dir) {
+        // Best effort: a leftover staging folder holds no refs anyone reads.
+        let _ = std::fs::remove_dir_all(&staging);
+        if !dir.is_dir() {
+            return Err(Error::Io {
+                path: dir.display().to_string(),
+                source: e,
+            });
+        }
+    }
+    Repository::open_bare(dir).map_err(Error::git(format!("opening {}", dir.display())))
 }
 
 /// A short-lived ref that libgit2's note functions can work on without touching
@@ -919,27 +974,29 @@ fn fetch_notes(
 /// fast-forward that keeps their notes.
 fn merge_onto(repo: &Repository, theirs: Oid) -> Result<()> {
     let sig = signature(repo)?;
+    let private = private_refs(repo)?;
     for attempt in 0..MAX_ATTEMPTS {
         let ours = ref_target(repo, NOTES_REF)?;
-        let local = Scratch::at(repo, ours, "local")?;
-        let merged = Scratch::at(repo, Some(theirs), "merged")?;
+        let local = Scratch::at(&private, ours, "local")?;
+        let merged = Scratch::at(&private, Some(theirs), "merged")?;
         if ours.is_some() {
-            let entries: Vec<(Oid, Oid)> = repo
+            let entries: Vec<(Oid, Oid)> = private
                 .notes(Some(&local.name))
                 .map_err(Error::git("listing local notes"))?
                 .collect::<std::result::Result<_, _>>()
                 .map_err(Error::git("listing local notes"))?;
             let mut rewritten = 0usize;
             for (blob, annotated) in entries {
-                let remote_note = note_of(repo, &merged.name, annotated)?;
+                let remote_note = note_of(&private, &merged.name, annotated)?;
                 if remote_note.as_ref().is_some_and(|(id, _)| *id == blob) {
                     continue;
                 }
-                let Some((_, ours_text)) = note_of(repo, &local.name, annotated)? else {
+                let Some((_, ours_text)) = note_of(&private, &local.name, annotated)? else {
                     continue;
                 };
                 if keep_ours(remote_note.as_ref().map(|(_, t)| t.as_str()), &ours_text) {
-                    repo.note(&sig, &sig, Some(&merged.name), annotated, &ours_text, true)
+                    private
+                        .note(&sig, &sig, Some(&merged.name), annotated, &ours_text, true)
                         .map_err(Error::git(format!("re-writing the note of {annotated}")))?;
                     rewritten += 1;
                 }

@@ -629,3 +629,60 @@ async fn a_failed_push_keeps_the_notes_written_locally() {
     assert!(stats.push_failed >= 1, "{stats:?}");
     assert!(show_note(dir.path(), &shas[0]).starts_with("coxswain: applied"));
 }
+
+/// Whoever lists the repository's refs while notes are written (a user's `git push` into it,
+/// a `file://` fetch from it) sees the branch and the notes ref, never a work-in-progress ref:
+/// git's receive-pack fails a push with "bad object" when a listed ref vanishes before it is
+/// read.
+#[test]
+fn writing_notes_shows_no_ref_but_the_notes_ref_to_readers_of_the_repository() {
+    use std::collections::BTreeSet;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let (dir, shas) = fixture(40);
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let stop = Arc::clone(&stop);
+        let path = dir.path().to_path_buf();
+        std::thread::spawn(move || {
+            let repo = open(&path);
+            let mut seen = BTreeSet::new();
+            let mut listings = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                for r in repo.references().unwrap() {
+                    // A ref deleted between the listing and its read is an error here: that
+                    // is the race itself, so its name is what we want.
+                    match r {
+                        Ok(r) => seen.insert(r.name().unwrap_or("?").to_string()),
+                        Err(e) => seen.insert(format!("vanished: {}", e.message())),
+                    };
+                }
+                listings += 1;
+            }
+            (seen, listings)
+        })
+    };
+    let repo = open(dir.path());
+    for sha in &shas {
+        for state in [CommitState::Applied, CommitState::Healthy] {
+            notes::write(&repo, &status(sha, state)).unwrap();
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (seen, listings) = reader.join().unwrap();
+    assert!(
+        listings > 50,
+        "the refs were listed during the writes ({listings} times)"
+    );
+    let expected = ["refs/heads/main", "refs/notes/coxswain"];
+    let unexpected: Vec<_> = seen
+        .iter()
+        .filter(|n| !expected.contains(&n.as_str()))
+        .take(5)
+        .collect();
+    assert!(unexpected.is_empty(), "readers saw {unexpected:?}");
+    assert!(seen.contains("refs/notes/coxswain"));
+    assert_eq!(notes_commits(dir.path()), 80);
+    assert!(show_note(dir.path(), &shas[39]).contains("healthy"));
+}

@@ -998,3 +998,68 @@ async fn a_plain_folder_is_watched_and_read_as_a_folder() {
         Source::Git(_)
     ));
 }
+
+/// Another writer creating and deleting refs in the served repository (a coxswain writing its
+/// notes there, a user's tooling) must not fail a `file://` fetch: libgit2's local transport
+/// lists the refs and then reads each, and one deleted in between used to end the fetch with
+/// "reference not found".
+#[test]
+fn a_file_url_fetch_survives_refs_coming_and_going_in_the_served_repository() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let up = Upstream::new();
+    commit(&up.work, &[("a.yaml", Some("a: 0\n"))], "zero");
+    up.push(&["main"]);
+    let cache = tempfile::tempdir().unwrap();
+    let cfg = remote_config(
+        &up.file_url(),
+        cache.path(),
+        Reference::Branch("main".into()),
+    );
+    let mut source = GitSource::open(&cfg).unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let churn = {
+        let stop = Arc::clone(&stop);
+        let bare = up.bare.clone();
+        std::thread::spawn(move || {
+            let repo = git2::Repository::open_bare(&bare).unwrap();
+            let target = repo.refname_to_id("refs/heads/main").unwrap();
+            let mut made = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let name = format!("refs/churn/{}", made % 8);
+                // Like the notes writer: a ref lives for about a millisecond, then is gone.
+                repo.reference(&name, target, true, "churn").unwrap();
+                std::thread::sleep(Duration::from_millis(1));
+                repo.find_reference(&name).unwrap().delete().unwrap();
+                std::thread::sleep(Duration::from_millis(1));
+                made += 1;
+            }
+            made
+        })
+    };
+    let mut last = String::new();
+    for round in 0..2000 {
+        if round % 200 == 0 {
+            last = commit(
+                &up.work,
+                &[("a.yaml", Some(&format!("a: {round}\n")))],
+                "next",
+            );
+            up.push(&["main"]);
+        }
+        let head = source.fetch();
+        if let Err(e) = &head {
+            stop.store(true, Ordering::Relaxed);
+            panic!("fetch {round} failed while refs churned: {e}");
+        }
+        assert_eq!(head.unwrap().commit, last);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let made = churn.join().unwrap();
+    assert!(
+        made > 100,
+        "the refs churned during the fetches ({made} made)"
+    );
+}

@@ -398,10 +398,38 @@ impl GitSource {
         })
     }
 
-    /// Brings the configured ref of the remote into the cache. Asks the remote for its refs
-    /// first: when the ref has not moved, no pack is negotiated at all; when it is gone, that
-    /// is an error rather than a silent sync of the stale copy in the cache.
+    /// Brings the configured ref of the remote into the cache, see [`Self::fetch_once`].
+    ///
+    /// libgit2's local transport (`file://`) lists the served repository's refs and then
+    /// reads each one, so a ref that another writer deletes in between (the notes writer's
+    /// short-lived refs when a coxswain writes notes into that repository, a user's tooling)
+    /// fails the attempt with "reference not found". That says nothing about the ref we want,
+    /// so the attempt is made again; a fetch is idempotent.
     fn fetch_remote(&self, url: &str) -> Result<()> {
+        const ATTEMPTS: u32 = 8;
+        let mut attempt = 1;
+        loop {
+            match self.fetch_once(url) {
+                Err(Error::Git { source, context })
+                    if attempt < ATTEMPTS
+                        // The transport reports it as a generic error of class Reference.
+                        && source.class() == git2::ErrorClass::Reference
+                        && source.message().ends_with("not found") =>
+                {
+                    tracing::debug!(attempt, %context, error = %source, "a listed ref vanished; fetching again");
+                    // Step out of step with a writer that is mid-burst.
+                    std::thread::sleep(std::time::Duration::from_millis(2 * u64::from(attempt)));
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// One fetch. Asks the remote for its refs first: when the ref has not moved, no pack is
+    /// negotiated at all; when it is gone, that is an error rather than a silent sync of the
+    /// stale copy in the cache.
+    fn fetch_once(&self, url: &str) -> Result<()> {
         let reference = &self.config.reference;
         let (wanted, refspecs): (Option<String>, Vec<String>) = match reference {
             Reference::Branch(_) | Reference::Tag(_) => {
