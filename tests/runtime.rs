@@ -33,6 +33,24 @@ fn busybox() -> PathBuf {
         .rootfs
 }
 
+/// A runtime over `state` with this binary as its launcher and the tests' pids limit.
+fn runtime(
+    state: &Path,
+    network: Option<BridgeConfig>,
+    warm_sandboxes: usize,
+    warm_layers: usize,
+) -> LinuxRuntime {
+    LinuxRuntime::new(LinuxConfig {
+        state_dir: state.to_owned(),
+        launcher: PathBuf::from(env!("CARGO_BIN_EXE_coxswain")),
+        network,
+        pids_max: Some(256),
+        warm_sandboxes,
+        warm_layers,
+    })
+    .unwrap()
+}
+
 /// One runtime with its own state dir, bridge and pod CIDR, torn down on drop.
 struct Node {
     rt: LinuxRuntime,
@@ -62,15 +80,7 @@ impl Node {
             cidr: format!("10.123.{}.0/24", tag % 250).parse().unwrap(),
         });
         let busybox = busybox();
-        let rt = LinuxRuntime::new(LinuxConfig {
-            state_dir: state.path().to_owned(),
-            launcher: PathBuf::from(env!("CARGO_BIN_EXE_coxswain")),
-            network,
-            pids_max: Some(256),
-            warm_sandboxes,
-            warm_layers,
-        })
-        .unwrap();
+        let rt = runtime(state.path(), network, warm_sandboxes, warm_layers);
         Node {
             rt,
             busybox,
@@ -624,15 +634,7 @@ fn addresses_of_a_dead_agents_warm_sandboxes_are_freed_on_start() {
     let (stale, pod) = (Ipv4Addr::from(base + 50), Ipv4Addr::from(base + 51));
     std::fs::write(ipam.join(stale.to_string()), "warm-999999-7\n").unwrap();
     std::fs::write(ipam.join(pod.to_string()), "some-pod\n").unwrap();
-    let rt = LinuxRuntime::new(LinuxConfig {
-        state_dir: state.path().to_owned(),
-        launcher: PathBuf::from(env!("CARGO_BIN_EXE_coxswain")),
-        network: Some(network),
-        pids_max: Some(256),
-        warm_sandboxes: 0,
-        warm_layers: 0,
-    })
-    .unwrap();
+    let rt = runtime(state.path(), Some(network), 0, 0);
     let owners = ipam_owners(state.path());
     if let Some(bridge) = rt.bridge() {
         bridge.teardown().unwrap();
@@ -755,15 +757,7 @@ fn warm_layers_a_dead_agent_left_are_unmounted_and_removed_on_start() {
         .unwrap();
     assert!(mounted.success());
     assert_eq!(mounts_under(state.path()).len(), 1);
-    let rt = LinuxRuntime::new(LinuxConfig {
-        state_dir: state.path().to_owned(),
-        launcher: PathBuf::from(env!("CARGO_BIN_EXE_coxswain")),
-        network: None,
-        pids_max: Some(256),
-        warm_sandboxes: 0,
-        warm_layers: 0,
-    })
-    .unwrap();
+    let rt = runtime(state.path(), None, 0, 0);
     assert_eq!(mounts_under(state.path()), Vec::<String>::new());
     assert!(!stale.exists());
     drop(rt);
