@@ -1,13 +1,21 @@
 //! The Raft log on RocksDB (openraft's `RaftLogStorage`).
 //!
-//! Durability: an append is written to RocksDB without sync, then handed to one flusher
-//! thread that fsyncs the WAL and only then tells openraft the entries are on disk. Appends
-//! that arrive while an fsync runs wait for the next one together, so concurrent writers
-//! share fsyncs instead of queueing one each (group commit). The vote and log purges are
-//! synced before the call returns.
+//! Durability: an append is written to RocksDB without sync, and openraft is told the entries
+//! are on disk only once the WAL is fsynced. Who runs that fsync depends on the cluster:
+//! - a member that is the only voter syncs in `append` itself, on the Raft task: it has no
+//!   heartbeat to keep up while it waits, and the hand-off to another thread and back cost
+//!   about a fifth of a lone write's latency (docs/benchmarks.md, "The lone member syncs
+//!   in place"). Writes that arrive meanwhile queue up and go into the next append together;
+//! - a member with peers hands the append to one flusher thread, so its Raft task keeps
+//!   replicating and heartbeating while the disk works, and a slow fsync cannot cost it the
+//!   leadership. Appends that arrive while an fsync runs wait for the next one together, so
+//!   concurrent writers share fsyncs instead of queueing one each (group commit).
 //!
-//! When no append has come for a while, the flusher also flushes RocksDB's memtables, so an
-//! idle store gives their memory back.
+//! `Member` flips between the two as the membership changes ([`LogStore::sync_in_place`]).
+//! The vote and log purges are synced before the call returns.
+//!
+//! When no append has come for a while, the flusher thread also flushes RocksDB's memtables,
+//! so an idle store gives their memory back.
 //!
 //! The flusher holds the database too, so the last `LogStore` clone joins it when dropped:
 //! a detached thread could still be closing RocksDB while the process exits, and RocksDB
@@ -16,6 +24,7 @@
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -35,6 +44,10 @@ const KEY_COMMITTED: &[u8] = b"committed";
 pub struct LogStore {
     db: Arc<DB>,
     flusher: Arc<Flusher>,
+    /// Set while this member is the only voter: appends are synced in place.
+    in_place: Arc<AtomicBool>,
+    /// Appends so far; the flusher thread reads it to tell when the store went idle.
+    appends: Arc<AtomicU64>,
 }
 
 /// The flusher thread's inbox and handle; dropping it (with the last `LogStore`) closes the
@@ -87,11 +100,14 @@ impl LogStore {
     pub fn new(db: Arc<DB>) -> Self {
         let (tx, rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
         let flush_db = db.clone();
-        // A plain thread, not a tokio task: fsync blocks, and it must not take a runtime
-        // worker away from the Raft core. It ends when the last LogStore clone is dropped.
+        let appends = Arc::new(AtomicU64::new(0));
+        let seen = appends.clone();
+        // A plain thread, not a tokio task: fsync blocks, and for a member with peers it must
+        // not take a runtime worker away from the Raft core. It ends when the last LogStore
+        // clone is dropped.
         let flusher = match std::thread::Builder::new()
             .name("raft-log-flush".into())
-            .spawn(move || flusher(flush_db, rx))
+            .spawn(move || flusher(flush_db, rx, &seen))
         {
             Ok(thread) => Flusher {
                 inbox: Some(tx),
@@ -109,7 +125,16 @@ impl LogStore {
         LogStore {
             db,
             flusher: Arc::new(flusher),
+            in_place: Arc::new(AtomicBool::new(false)),
+            appends,
         }
+    }
+
+    /// The switch between syncing appends in place (set) and on the flusher thread (clear).
+    /// Either way an append is reported only once it is durable; the switch only moves the
+    /// fsync, so it may lag a membership change without harm.
+    pub fn sync_in_place(&self) -> Arc<AtomicBool> {
+        self.in_place.clone()
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>> {
@@ -157,9 +182,10 @@ impl LogStore {
     }
 }
 
-/// With no append for this long the store counts as idle, and its memtables are flushed if
-/// they hold [`IDLE_FLUSH_MIN_ENTRIES`] (see [`crate::db::flush_memtables`]). Well above the
-/// gaps inside a burst of work (a deploy's writes come tens of milliseconds apart).
+/// With no append for one to two of these periods the store counts as idle, and its
+/// memtables are flushed if they hold [`IDLE_FLUSH_MIN_ENTRIES`] (see
+/// [`crate::db::flush_memtables`]). Well above the gaps inside a burst of work (a deploy's
+/// writes come tens of milliseconds apart).
 const IDLE_FLUSH_AFTER: Duration = Duration::from_secs(2);
 /// Fewer memtable entries than this are not worth an idle flush: the memory is small, and
 /// each flush leaves a small table file per family for compaction to merge. A node heartbeat
@@ -167,14 +193,22 @@ const IDLE_FLUSH_AFTER: Duration = Duration::from_secs(2);
 /// deploy of 10 pods writes hundreds.
 const IDLE_FLUSH_MIN_ENTRIES: u64 = 1_000;
 
-fn flusher(db: Arc<DB>, rx: mpsc::Receiver<LogFlushed<TypeConfig>>) {
-    // Whether anything was appended since the last idle check.
+fn flusher(db: Arc<DB>, rx: mpsc::Receiver<LogFlushed<TypeConfig>>, appends: &AtomicU64) {
+    // The append count at the last quiet period's start; appends synced in place never reach
+    // this thread, so the count, not the inbox, tells when the store went idle.
+    let mut seen = appends.load(Ordering::Relaxed);
+    // Whether anything was appended since the last idle flush check.
     let mut written = false;
     loop {
         let first = match rx.recv_timeout(IDLE_FLUSH_AFTER) {
             Ok(first) => first,
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                if written {
+                let now = appends.load(Ordering::Relaxed);
+                if now != seen {
+                    // Appended within the last period: not idle for a whole one yet.
+                    seen = now;
+                    written = true;
+                } else if written {
                     written = false;
                     flush_if_many(&db);
                 }
@@ -182,7 +216,6 @@ fn flusher(db: Arc<DB>, rx: mpsc::Receiver<LogFlushed<TypeConfig>>) {
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
         };
-        written = true;
         let mut waiting = vec![first];
         waiting.extend(rx.try_iter());
         let result = db.flush_wal(true);
@@ -317,13 +350,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             batch.put_cf(cf, be(entry.log_id.index), bytes);
         }
         self.db.write(batch).map_err(|e| write_logs_err(&e))?;
-        // Durable only once the flusher has synced the WAL; it calls back then.
+        self.appends.fetch_add(1, Ordering::Relaxed);
+        // Durable only once the WAL is synced: here for a lone member, else by the flusher,
+        // which calls back then.
         let unsent = match &self.flusher.inbox {
+            Some(_) if self.in_place.load(Ordering::Relaxed) => Some(callback),
             Some(inbox) => inbox.send(callback).err().map(|mpsc::SendError(cb)| cb),
             None => Some(callback),
         };
         if let Some(cb) = unsent {
-            // The flusher is gone (it could not start, or it died): sync here rather than lie.
+            // A lone member, or the flusher is gone (it could not start, or it died): sync
+            // here rather than lie.
             let r = self
                 .db
                 .flush_wal(true)

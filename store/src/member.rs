@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use openraft::BasicNode;
@@ -204,6 +205,8 @@ struct Inner {
     limits: Limits,
     peer: Peer,
     cluster: ClusterId,
+    /// The log store's sync switch, kept by `follow_voters`.
+    in_place: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -213,6 +216,26 @@ impl std::fmt::Debug for Inner {
             .field("advertise", &self.advertise)
             .finish_non_exhaustive()
     }
+}
+
+/// Keeps the log store's sync switch (see `log_store.rs`) set while this member is the only
+/// voter. The server metrics change only with the vote, the state, the leader or the
+/// membership, so this task wakes on those, never per write; it ends with Raft.
+fn follow_voters(raft: &Raft, in_place: Arc<AtomicBool>) {
+    let mut server = raft.server_metrics();
+    tokio::spawn(async move {
+        loop {
+            let alone = {
+                let m = server.borrow_and_update();
+                let mut voters = m.membership_config.membership().voter_ids();
+                voters.next() == Some(m.id) && voters.next().is_none()
+            };
+            in_place.store(alone, Ordering::Relaxed);
+            if server.changed().await.is_err() {
+                return;
+            }
+        }
+    });
 }
 
 fn read_error(e: RaftError<NodeId, CheckIsLeaderError<NodeId, BasicNode>>) -> Error {
@@ -237,6 +260,7 @@ impl Member {
         )?;
         let cluster = ClusterId::load(db.clone())?;
         let log = LogStore::new(db);
+        let in_place = log.sync_in_place();
         let raft_config = openraft::Config {
             cluster_name: "coxswain".into(),
             heartbeat_interval: cfg.heartbeat_ms,
@@ -268,6 +292,7 @@ impl Member {
                 .await
                 .map_err(|e| Error::Raft(e.to_string()))?;
         }
+        follow_voters(&raft, in_place.clone());
         let batch = batcher::spawn(raft.clone(), cfg.in_flight);
         Ok(Member {
             inner: Arc::new(Inner {
@@ -279,8 +304,15 @@ impl Member {
                 limits: cfg.limits,
                 peer,
                 cluster,
+                in_place,
             }),
         })
+    }
+
+    /// Whether this member syncs its log appends in place, as the only voter does, rather
+    /// than on the flusher thread (see `log_store.rs`).
+    pub fn syncs_in_place(&self) -> bool {
+        self.inner.in_place.load(Ordering::Relaxed)
     }
 
     pub fn id(&self) -> NodeId {

@@ -113,6 +113,46 @@ async fn cluster(snapshot_every: u64) -> (Vec<TestMember>, Vec<tempfile::TempDir
     (members, dirs)
 }
 
+/// Polls `check` for up to 10 s.
+async fn eventually(what: &str, check: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check() {
+        assert!(Instant::now() < deadline, "not within 10 s: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn only_a_lone_voter_syncs_its_log_in_place() {
+    let (mut members, _dirs) = cluster(10_000).await;
+    // Three voters: each hands its fsyncs to the flusher thread, so a leader's Raft task
+    // keeps heartbeating while its disk works.
+    for m in &members {
+        eventually("a member of three stops syncing in place", || {
+            !m.member().syncs_in_place()
+        })
+        .await;
+    }
+    client(&members)
+        .txn(Txn::put("/t/a", json!({"v": 1})))
+        .await
+        .unwrap();
+    // Down to one voter: the leader removes the other two and syncs in place from then on.
+    let leader = leader_index(&members).await.expect("a leader");
+    for i in (0..3).filter(|i| *i != leader) {
+        let id = members[i].id;
+        members[leader].member().remove_member(id).await.unwrap();
+        members[i].kill().await;
+    }
+    let lone = members[leader].member();
+    eventually("the lone voter syncs in place", || lone.syncs_in_place()).await;
+    let r = lone.txn(Txn::put("/t/b", json!({"v": 2}))).await.unwrap();
+    assert!(r.succeeded);
+    let (_, kv) = lone.get("/t/b", Consistency::Linearizable).await.unwrap();
+    assert_eq!(kv.map(|kv| kv.value), Some(json!({"v": 2})));
+    members[leader].kill().await;
+}
+
 fn client(members: &[TestMember]) -> Client {
     let mut c = Client::new(members.iter().map(|m| m.addr.clone()).collect(), TOKEN);
     c.retry_for = Duration::from_secs(15);

@@ -267,6 +267,15 @@ async fn data_and_revision_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let last = {
         let m = start(dir.path()).await;
+        // The only voter syncs its appends in place, so the writes below take that path.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !m.syncs_in_place() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a lone member syncs in place"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let mut last = 0;
         for i in 0..20 {
             last = m
