@@ -194,9 +194,10 @@ const IDLE_FLUSH_AFTER: Duration = Duration::from_secs(2);
 const IDLE_FLUSH_MIN_ENTRIES: u64 = 1_000;
 
 fn flusher(db: Arc<DB>, rx: mpsc::Receiver<LogFlushed<TypeConfig>>, appends: &AtomicU64) {
-    // The append count at the last quiet period's start; appends synced in place never reach
-    // this thread, so the count, not the inbox, tells when the store went idle.
-    let mut seen = appends.load(Ordering::Relaxed);
+    // The append count at the last idle check (it starts at 0 with the store); appends synced
+    // in place never reach this thread, so the count, not the inbox, tells when the store
+    // went idle.
+    let mut seen = 0;
     // Whether anything was appended since the last idle flush check.
     let mut written = false;
     loop {
@@ -390,5 +391,40 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.db
             .write_opt(batch, &synced())
             .map_err(|e| write_logs_err(&e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Appends synced in place never reach the flusher's inbox; the append count alone must
+    /// still bring the idle flush that gives the memtables' memory back.
+    #[test]
+    fn appends_synced_in_place_are_followed_by_the_idle_flush() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = crate::db::open(dir.path()).expect("open");
+        let logs = cf(&db, CF_LOGS).expect("logs");
+        for i in 0..IDLE_FLUSH_MIN_ENTRIES {
+            db.put_cf(logs, be(i), b"entry").expect("put");
+        }
+        let appends = Arc::new(AtomicU64::new(0));
+        let (inbox, rx) = mpsc::channel();
+        let thread = {
+            let (db, appends) = (db.clone(), appends.clone());
+            std::thread::spawn(move || flusher(db, rx, &appends))
+        };
+        appends.fetch_add(1, Ordering::Relaxed);
+        let deadline = std::time::Instant::now() + IDLE_FLUSH_AFTER * 4;
+        while crate::db::memtable_entries(&db).expect("entries") > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no idle flush within {:?} of the last append",
+                IDLE_FLUSH_AFTER * 4
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        drop(inbox);
+        thread.join().expect("flusher");
     }
 }
