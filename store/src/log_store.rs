@@ -26,7 +26,7 @@ use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{AnyError, ErrorSubject, ErrorVerb, RaftLogReader, StorageIOError};
@@ -46,8 +46,45 @@ pub struct LogStore {
     flusher: Arc<Flusher>,
     /// Set while this member is the only voter: appends are synced in place.
     in_place: Arc<AtomicBool>,
-    /// Appends so far; the flusher thread reads it to tell when the store went idle.
-    appends: Arc<AtomicU64>,
+    /// When the last append came; the flusher thread reads it to tell when the store went
+    /// idle.
+    activity: Arc<Activity>,
+}
+
+/// The time of the last append, as nanoseconds after the store opened (0: none yet), in an
+/// atomic so `append` can stamp it without a lock or a message.
+struct Activity {
+    opened: Instant,
+    last: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            opened: Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        // Saturates after 584 years.
+        u64::try_from(self.opened.elapsed().as_nanos())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+
+    fn touch(&self) {
+        self.last.store(self.now(), Ordering::Relaxed);
+    }
+
+    fn last(&self) -> u64 {
+        self.last.load(Ordering::Relaxed)
+    }
+
+    /// How long ago `stamp` was.
+    fn since(&self, stamp: u64) -> Duration {
+        Duration::from_nanos(self.now().saturating_sub(stamp))
+    }
 }
 
 /// The flusher thread's inbox and handle; dropping it (with the last `LogStore`) closes the
@@ -100,8 +137,8 @@ impl LogStore {
     pub fn new(db: Arc<DB>) -> Self {
         let (tx, rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
         let flush_db = db.clone();
-        let appends = Arc::new(AtomicU64::new(0));
-        let seen = appends.clone();
+        let activity = Arc::new(Activity::new());
+        let seen = activity.clone();
         // A plain thread, not a tokio task: fsync blocks, and for a member with peers it must
         // not take a runtime worker away from the Raft core. It ends when the last LogStore
         // clone is dropped.
@@ -126,7 +163,7 @@ impl LogStore {
             db,
             flusher: Arc::new(flusher),
             in_place: Arc::new(AtomicBool::new(false)),
-            appends,
+            activity,
         }
     }
 
@@ -182,10 +219,9 @@ impl LogStore {
     }
 }
 
-/// With no append for one to two of these periods the store counts as idle, and its
-/// memtables are flushed if they hold [`IDLE_FLUSH_MIN_ENTRIES`] (see
-/// [`crate::db::flush_memtables`]). Well above the gaps inside a burst of work (a deploy's
-/// writes come tens of milliseconds apart).
+/// With no append for this long the store counts as idle, and its memtables are flushed if
+/// they hold [`IDLE_FLUSH_MIN_ENTRIES`] (see [`crate::db::flush_memtables`]). Well above the
+/// gaps inside a burst of work (a deploy's writes come tens of milliseconds apart).
 const IDLE_FLUSH_AFTER: Duration = Duration::from_secs(2);
 /// Fewer memtable entries than this are not worth an idle flush: the memory is small, and
 /// each flush leaves a small table file per family for compaction to merge. A node heartbeat
@@ -193,24 +229,25 @@ const IDLE_FLUSH_AFTER: Duration = Duration::from_secs(2);
 /// deploy of 10 pods writes hundreds.
 const IDLE_FLUSH_MIN_ENTRIES: u64 = 1_000;
 
-fn flusher(db: Arc<DB>, rx: mpsc::Receiver<LogFlushed<TypeConfig>>, appends: &AtomicU64) {
-    // The append count at the last idle check (it starts at 0 with the store); appends synced
-    // in place never reach this thread, so the count, not the inbox, tells when the store
-    // went idle.
-    let mut seen = 0;
-    // Whether anything was appended since the last idle flush check.
-    let mut written = false;
+fn flusher(db: Arc<DB>, rx: mpsc::Receiver<LogFlushed<TypeConfig>>, activity: &Activity) {
+    // The last append an idle check has covered. Appends synced in place never reach this
+    // thread, so the stamp, not the inbox, tells when the store went idle.
+    let mut checked = 0;
     loop {
-        let first = match rx.recv_timeout(IDLE_FLUSH_AFTER) {
+        let last = activity.last();
+        // Wake when the last append is IDLE_FLUSH_AFTER old, or after a whole period if
+        // there is nothing new to check.
+        let wait = if last > checked {
+            IDLE_FLUSH_AFTER.saturating_sub(activity.since(last))
+        } else {
+            IDLE_FLUSH_AFTER
+        };
+        let first = match rx.recv_timeout(wait.max(Duration::from_millis(1))) {
             Ok(first) => first,
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                let now = appends.load(Ordering::Relaxed);
-                if now != seen {
-                    // Appended within the last period: not idle for a whole one yet.
-                    seen = now;
-                    written = true;
-                } else if written {
-                    written = false;
+                let last = activity.last();
+                if last > checked && activity.since(last) >= IDLE_FLUSH_AFTER {
+                    checked = last;
                     flush_if_many(&db);
                 }
                 continue;
@@ -351,7 +388,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             batch.put_cf(cf, be(entry.log_id.index), bytes);
         }
         self.db.write(batch).map_err(|e| write_logs_err(&e))?;
-        self.appends.fetch_add(1, Ordering::Relaxed);
+        self.activity.touch();
         // Durable only once the WAL is synced: here for a lone member, else by the flusher,
         // which calls back then.
         let unsent = match &self.flusher.inbox {
@@ -408,22 +445,24 @@ mod tests {
         for i in 0..IDLE_FLUSH_MIN_ENTRIES {
             db.put_cf(logs, be(i), b"entry").expect("put");
         }
-        let appends = Arc::new(AtomicU64::new(0));
+        let activity = Arc::new(Activity::new());
         let (inbox, rx) = mpsc::channel();
         let thread = {
-            let (db, appends) = (db.clone(), appends.clone());
-            std::thread::spawn(move || flusher(db, rx, &appends))
+            let (db, activity) = (db.clone(), activity.clone());
+            std::thread::spawn(move || flusher(db, rx, &activity))
         };
-        appends.fetch_add(1, Ordering::Relaxed);
-        let deadline = std::time::Instant::now() + IDLE_FLUSH_AFTER * 4;
+        activity.touch();
+        let appended = Instant::now();
         while crate::db::memtable_entries(&db).expect("entries") > 0 {
             assert!(
-                std::time::Instant::now() < deadline,
+                appended.elapsed() < IDLE_FLUSH_AFTER * 3,
                 "no idle flush within {:?} of the last append",
-                IDLE_FLUSH_AFTER * 4
+                IDLE_FLUSH_AFTER * 3
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+        // Not before the store was idle for the whole period.
+        assert!(appended.elapsed() >= IDLE_FLUSH_AFTER);
         drop(inbox);
         thread.join().expect("flusher");
     }
