@@ -286,7 +286,10 @@ impl Shared {
         let hist = cf(&self.db, CF_HISTORY)?;
         let meta = cf(&self.db, CF_SM_META)?;
         let mut batch = WriteBatch::default();
-        // Objects written earlier in this call, so later txns see them before the batch lands.
+        // Objects written earlier in this call, so later txns and later entries see them
+        // before the batch lands. It is written to the batch once, after the last entry:
+        // emptied per entry, it once let a compare-and-swap "if absent" in one entry succeed
+        // over a create in the entry before it, when both were applied in one call.
         let mut overlay: HashMap<String, Option<Vec<u8>>> = HashMap::new();
         let mut responses = Vec::with_capacity(entries.len());
         let mut batches = Vec::new();
@@ -308,12 +311,6 @@ impl Shared {
                         let bytes = serde_json::to_vec(ev).map_err(json_err("event"))?;
                         batch.put_cf(hist, history_key(rev, seq as u32), bytes);
                     }
-                    for (key, value) in overlay.drain() {
-                        match value {
-                            Some(v) => batch.put_cf(kv, key.as_bytes(), v),
-                            None => batch.delete_cf(kv, key.as_bytes()),
-                        }
-                    }
                     if !events.is_empty() {
                         batches.push(WatchBatch {
                             revision: rev,
@@ -322,6 +319,12 @@ impl Shared {
                     }
                     responses.push(resp);
                 }
+            }
+        }
+        for (key, value) in overlay {
+            match value {
+                Some(v) => batch.put_cf(kv, key.as_bytes(), v),
+                None => batch.delete_cf(kv, key.as_bytes()),
             }
         }
         let Some(last) = last else {
@@ -872,5 +875,50 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta,
             snapshot: Box::new(tokio::fs::File::from_std(file)),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::Txn;
+
+    fn entry(index: u64, txn: Txn) -> Entry {
+        Entry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Request { txns: vec![txn] }),
+        }
+    }
+
+    /// openraft hands over every entry committed since the last apply at once; each entry
+    /// must see the writes of the entries before it in the same call.
+    #[test]
+    fn an_entry_sees_the_writes_of_the_entries_before_it_in_one_apply() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = crate::db::open(&dir.path().join("db")).expect("open");
+        let sm = StateMachine::open(db, &dir.path().join("snap"), 100).expect("sm");
+        let create = |v: u64| Txn::compare_and_swap("/t/k", 0, serde_json::json!({"v": v}));
+        let (responses, _) = sm
+            .shared
+            .apply_entries(vec![
+                entry(11, create(1)),
+                entry(12, create(2)),
+                entry(
+                    13,
+                    Txn::compare_and_swap("/t/k", 11, serde_json::json!({"v": 3})),
+                ),
+            ])
+            .expect("apply");
+        let succeeded: Vec<bool> = responses
+            .iter()
+            .map(|r| r.results.first().is_some_and(|t| t.succeeded))
+            .collect();
+        assert_eq!(succeeded, [true, false, true], "create, create again, swap");
+        let (_, kv) = sm.shared.get("/t/k").expect("get");
+        let kv = kv.expect("the key exists");
+        assert_eq!(
+            (kv.value, kv.create_revision, kv.mod_revision),
+            (serde_json::json!({"v": 3}), 11, 13)
+        );
     }
 }
