@@ -435,8 +435,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 mod tests {
     use super::*;
 
-    /// Appends synced in place never reach the flusher's inbox; the append count alone must
-    /// still bring the idle flush that gives the memtables' memory back.
+    /// Appends synced in place never reach the flusher's inbox; the time stamp of the last
+    /// append alone must still bring the idle flush that gives the memtables' memory back.
     #[test]
     fn appends_synced_in_place_are_followed_by_the_idle_flush() {
         let dir = tempfile::tempdir().expect("tempdir");
