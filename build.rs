@@ -7,9 +7,10 @@
 //! `--symbol-ordering-file` puts the functions listed in `src/hot-symbols.txt` first, in
 //! one run; `scripts/hot-symbols.sh` makes that list from real runs under callgrind.
 //!
-//! It also packs the relative relocations (see `main`). Only release builds linked by LLD
-//! get these flags (Rust links with its own LLD on x86_64 Linux since 1.90; GNU ld has no
-//! `--symbol-ordering-file`). A name the list has and the build does not (after a change of
+//! It also packs the relative relocations (see `main`), and in every profile moves RocksDB's
+//! C++ static constructors out of the loader's way (`src/rocksdb-statics.ld`, run later by
+//! `src/rocksdb_statics.rs`). Only builds linked by LLD get these flags (Rust links with its
+//! own LLD on x86_64 Linux since 1.90; GNU ld has no `--symbol-ordering-file`). A name the list has and the build does not (after a change of
 //! code or toolchain) is skipped quietly; the binary is the same, only less compact, until
 //! the list is made again.
 
@@ -24,9 +25,18 @@ fn main() {
     let list = Path::new(&root).join("src/hot-symbols.txt");
     println!("cargo::rerun-if-changed=src/hot-symbols.txt");
     println!("cargo::rerun-if-env-changed=COXSWAIN_NO_SYMBOL_ORDER");
+    println!("cargo::rustc-check-cfg=cfg(rocksdb_statics_deferred)");
     let release = std::env::var("PROFILE").is_ok_and(|p| p == "release");
     let target = std::env::var("TARGET").unwrap_or_default();
-    if !release || target != "x86_64-unknown-linux-gnu" || !rustc_links_with_lld() {
+    if target != "x86_64-unknown-linux-gnu" || !rustc_links_with_lld() {
+        return;
+    }
+    // In every profile, so that the tests, which run the debug binary, run this path too.
+    let statics = Path::new(&root).join("src/rocksdb-statics.ld");
+    println!("cargo::rerun-if-changed=src/rocksdb-statics.ld");
+    println!("cargo::rustc-link-arg-bins=-Wl,-T,{}", statics.display());
+    println!("cargo::rustc-cfg=rocksdb_statics_deferred");
+    if !release {
         return;
     }
     if list.is_file() && std::env::var_os("COXSWAIN_NO_SYMBOL_ORDER").is_none() {

@@ -8,6 +8,8 @@ mod diff;
 mod get;
 mod image;
 mod logs;
+#[cfg(all(rocksdb_statics_deferred, not(test)))]
+mod rocksdb_statics;
 mod runtime;
 mod server;
 mod status;
@@ -85,6 +87,8 @@ fn main() -> ExitCode {
     if let Some(code) = coxswain_node::runtime::launcher::main_if_launcher() {
         return ExitCode::from(u8::try_from(code).unwrap_or(2));
     }
+    #[cfg(all(rocksdb_statics_deferred, not(test)))]
+    coxswain_store::defer_rocksdb_statics(rocksdb_statics::run);
     // Logs go to stderr so that `--output json` on stdout stays machine-readable.
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -2,7 +2,7 @@
 //! column families. All integer keys are big-endian so RocksDB's byte order is numeric order.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Once, OnceLock};
 
 use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, FlushOptions, Options};
 
@@ -33,8 +33,26 @@ const MEMTABLE_PER_FAMILY: usize = 4 << 20;
 /// Recent objects are read from the memtables, so a small cache loses little.
 const BLOCK_CACHE: usize = 8 << 20;
 
+/// Set by a binary that took RocksDB's C++ static constructors out of the loader's list.
+static DEFERRED_STATICS: OnceLock<fn()> = OnceLock::new();
+static STATICS_BUILT: Once = Once::new();
+
+/// For a binary whose link moved RocksDB's C++ static constructors out of `.init_array`,
+/// so that its processes that never open a store skip them (the coxswain binary does, see
+/// its `build.rs`): `run` must run them, and [`open`] calls it once, before RocksDB is first
+/// used. Call it before any store is opened; only the first call counts.
+pub fn defer_rocksdb_statics(run: fn()) {
+    // A second call would name the same constructors; ignoring it is right.
+    let _ = DEFERRED_STATICS.set(run);
+}
+
 /// Opens (or creates) the database under `dir`.
 pub fn open(dir: &Path) -> Result<Arc<DB>> {
+    STATICS_BUILT.call_once(|| {
+        if let Some(run) = DEFERRED_STATICS.get() {
+            run();
+        }
+    });
     let mut opts = Options::default();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);

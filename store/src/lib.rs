@@ -30,6 +30,7 @@ pub mod types;
 pub mod watch;
 
 pub use client::Client;
+pub use db::defer_rocksdb_statics;
 pub use error::{Error, Result};
 pub use log_store::LogStore;
 pub use member::{Kv, Limits, Member, MemberConfig};
