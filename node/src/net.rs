@@ -33,7 +33,7 @@ use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
 use ipnet::Ipv4Net;
@@ -42,7 +42,8 @@ use nix::sched::CloneFlags;
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{
-    InfoData, InfoKind, InfoPortKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    BridgePortState, InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth,
+    LinkAttribute, LinkFlags, LinkInfo, LinkMessage, State,
 };
 use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage};
 use rtnetlink::{
@@ -172,7 +173,8 @@ impl Bridge {
     /// the address `ip`: a veth pair whose host end `host_if` (see [`host_if_name`]) is a port
     /// of the bridge (in hairpin mode) and whose pod end is [`POD_IF`] with `ip` in the
     /// bridge's CIDR, `lo` and `eth0` up and a default route via [`Bridge::gateway`]. The host
-    /// then reaches `ip` through the bridge's connected route.
+    /// then reaches `ip` through the bridge's connected route; it returns once the kernel
+    /// passes the pod's traffic (see `wait_until_passing`).
     ///
     /// Either everything is in place or nothing is: a failure after the pair exists deletes it
     /// again, so the call can simply be retried. Fails with [`Error::Config`] for an address
@@ -263,7 +265,11 @@ impl Bridge {
         };
         let pod_side = configure_pod_side(&pod, ip, self.cidr.prefix_len(), self.gateway);
         let forget = forget_neighbour(&host, self.index, ip);
-        if let Err(err) = futures::try_join!(hairpin, pod_side, forget) {
+        let configured = async {
+            futures::try_join!(hairpin, pod_side, forget)?;
+            wait_until_passing(&host, &pod, self.index, host_if).await
+        };
+        if let Err(err) = configured.await {
             // Deleting the host end takes the peer with it, so a retry starts from nothing.
             if let Err(cleanup) = delete_link_by_name(&host, host_if).await {
                 tracing::warn!(host_if, error = %cleanup, "could not remove a half-made veth");
@@ -725,6 +731,78 @@ async fn forget_neighbour(host: &Handle, bridge: u32, ip: Ipv4Addr) -> Result<()
     Ok(())
 }
 
+/// How long [`Bridge::attach`] waits for the kernel to pass the new veth's traffic.
+const LINK_READY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Waits until the bridge and the host end `host_if` are up, the host end forwarding as a
+/// bridge port, and the pod's `eth0` up. The kernel turns carrier changes into those states,
+/// and gives a device its queue, in a work item of its own (linkwatch) that may run after
+/// every request above has returned; until then frames through the device are dropped. For
+/// the bridge it can be slower still: its carrier comes on with its first port, and the
+/// kernel rate-limits such events of a bridge to one a second (a bridge made with `ip` and
+/// given its first port at once came up after 0.93-1.02 s here). The host's first ARP
+/// request lost so, it asks again only a second later; a probe or a one-second ping in that
+/// window fails (the net tests did, under load). Past [`LINK_READY_TIMEOUT`] it warns and returns: the link does
+/// come up in the end, and failing the pod for it would only start it again.
+async fn wait_until_passing(host: &Handle, pod: &Handle, bridge: u32, host_if: &str) -> Result<()> {
+    let started = Instant::now();
+    let mut pause = Duration::from_micros(50);
+    loop {
+        let (bridge_link, host_end, pod_end) = futures::try_join!(
+            find_link_by_index(host, bridge),
+            find_link(host, host_if),
+            find_link(pod, POD_IF)
+        )?;
+        let bridge_ready = bridge_link.as_ref().is_some_and(oper_up);
+        let host_ready = host_end
+            .as_ref()
+            .is_some_and(|link| oper_up(link) && forwarding(link));
+        let pod_ready = pod_end.as_ref().is_some_and(oper_up);
+        if bridge_ready && host_ready && pod_ready {
+            if started.elapsed() > Duration::from_millis(10) {
+                tracing::debug!(
+                    host_if,
+                    millis = started.elapsed().as_millis(),
+                    "waited for the pod's link to pass traffic"
+                );
+            }
+            return Ok(());
+        }
+        if started.elapsed() >= LINK_READY_TIMEOUT {
+            tracing::warn!(
+                host_if,
+                bridge_ready,
+                host_ready,
+                pod_ready,
+                "the pod's link did not pass traffic within 2 s; going on"
+            );
+            return Ok(());
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(5));
+    }
+}
+
+/// Whether the kernel reports the link's operational state as up (carrier seen).
+fn oper_up(link: &LinkMessage) -> bool {
+    link.attributes
+        .iter()
+        .any(|attr| matches!(attr, LinkAttribute::OperState(State::Up)))
+}
+
+/// Whether the link is a bridge port in the forwarding state.
+fn forwarding(link: &LinkMessage) -> bool {
+    link.attributes.iter().any(|attr| match attr {
+        LinkAttribute::LinkInfo(infos) => infos.iter().any(|info| match info {
+            LinkInfo::PortData(InfoPortData::BridgePort(port)) => port
+                .iter()
+                .any(|p| matches!(p, InfoBridgePort::State(BridgePortState::Forwarding))),
+            _ => false,
+        }),
+        _ => false,
+    })
+}
+
 /// Inside the pod's namespace: `lo` and `eth0` up, the address on `eth0`, the default route.
 /// The independent requests go out together, so the whole costs three round trips.
 async fn configure_pod_side(
@@ -790,6 +868,22 @@ async fn find_link(handle: &Handle, name: &str) -> Result<Option<LinkMessage>> {
         Ok(link) => Ok(link),
         Err(err) if errno_of(&err) == Some(Errno::ENODEV) => Ok(None),
         Err(err) => Err(nl_error(format!("looking up interface {name}"))(err)),
+    }
+}
+
+/// The link with interface index `index`, or `None` if there is none.
+async fn find_link_by_index(handle: &Handle, index: u32) -> Result<Option<LinkMessage>> {
+    match handle
+        .link()
+        .get()
+        .match_index(index)
+        .execute()
+        .try_next()
+        .await
+    {
+        Ok(link) => Ok(link),
+        Err(err) if errno_of(&err) == Some(Errno::ENODEV) => Ok(None),
+        Err(err) => Err(nl_error(format!("looking up interface index {index}"))(err)),
     }
 }
 

@@ -445,6 +445,43 @@ fn detach_removes_the_host_veth_and_the_pod_eth0_and_twice_is_fine() {
 }
 
 #[test]
+fn attach_returns_once_the_bridge_and_both_ends_pass_traffic() {
+    if !support::require_root("attach_returns_once_the_bridge_and_both_ends_pass_traffic") {
+        return;
+    }
+    let (_, cfg) = unique_config();
+    let _guard = BridgeGuard::new(&cfg);
+    // A bridge made and brought up just before, as `ip` does it: its carrier comes on with
+    // its first port, and the kernel takes that up to a second later (rate-limited), during
+    // which the host's frames through the bridge are dropped.
+    stdout_of("ip", &["link", "add", &cfg.name, "type", "bridge"]);
+    stdout_of("ip", &["link", "set", &cfg.name, "up"]);
+    let bridge = Bridge::ensure(&cfg).unwrap();
+    let pod = PodNetns::spawn();
+    let host_if = net::host_if_name(&format!("{}-ready", cfg.name));
+    let ip = host_addr(cfg.cidr, 12);
+    bridge.attach(&pod.path(), ip, &host_if).unwrap();
+
+    let sys = |path: String| std::fs::read_to_string(&path).unwrap().trim().to_string();
+    let bridge_state = sys(format!("/sys/class/net/{}/operstate", cfg.name));
+    let port_state = sys(format!("/sys/class/net/{host_if}/brport/state"));
+    let host_state = sys(format!("/sys/class/net/{host_if}/operstate"));
+    // `ip` prints the operational state; /sys inside the pod's namespace would still show the
+    // host's interfaces.
+    let pod_link = pod.stdout_of(&["ip", "-o", "link", "show", "dev", POD_IF]);
+    assert_eq!(bridge_state, "up", "the bridge");
+    assert_eq!(port_state, "3", "the host end's port state (3: forwarding)");
+    assert_eq!(host_state, "up", "the host end");
+    assert!(
+        pod_link.contains(" state UP "),
+        "the pod's eth0: {pod_link}"
+    );
+    let out = host_pings(ip);
+    assert!(ping_ok(&out), "{ip} is unreachable: {}", printed(&out));
+    bridge.detach(&host_if).unwrap();
+}
+
+#[test]
 fn an_address_handed_to_a_new_pod_is_reached_at_once_despite_the_old_pods_arp_entry() {
     if !support::require_root(
         "an_address_handed_to_a_new_pod_is_reached_at_once_despite_the_old_pods_arp_entry",
