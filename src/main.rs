@@ -87,6 +87,9 @@ fn main() -> ExitCode {
     if let Some(code) = coxswain_node::runtime::launcher::main_if_launcher() {
         return ExitCode::from(u8::try_from(code).unwrap_or(2));
     }
+    // RocksDB's constructors run when a store first opens (see src/rocksdb_statics.rs). This
+    // file's own unit tests are linked with the same script but have no `main` to register
+    // them, so they must not open a store; none does (the store is tested in its crate).
     #[cfg(all(rocksdb_statics_deferred, not(test)))]
     coxswain_store::defer_rocksdb_statics(rocksdb_statics::run);
     // Logs go to stderr so that `--output json` on stdout stays machine-readable.
