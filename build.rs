@@ -10,9 +10,9 @@
 //! It also packs the relative relocations (see `main`), and in every profile moves RocksDB's
 //! C++ static constructors out of the loader's way (`src/rocksdb-statics.ld`, run later by
 //! `src/rocksdb_statics.rs`). Only builds linked by LLD get these flags (Rust links with its
-//! own LLD on x86_64 Linux since 1.90; GNU ld has no `--symbol-ordering-file`). A name the list has and the build does not (after a change of
-//! code or toolchain) is skipped quietly; the binary is the same, only less compact, until
-//! the list is made again.
+//! own LLD on x86_64 Linux since 1.90; GNU ld has no `--symbol-ordering-file`). A name the
+//! list has and the build does not (after a change of code or toolchain) is skipped quietly;
+//! the binary is the same, only less compact, until the list is made again.
 
 use std::path::Path;
 use std::process::Command;

@@ -4,10 +4,11 @@
 //! docs/benchmarks.md, "RocksDB's static constructors, deferred"). The store calls [`run`]
 //! once, before it first opens RocksDB, through `coxswain_store::defer_rocksdb_statics`.
 
-/// The linker script's section: the constructors' addresses, in the order the loader would
-/// have run them.
+/// A C++ static constructor, as `.init_array` holds it.
 type Constructor = unsafe extern "C" fn();
 
+// The bounds of the linker script's section: the constructors' addresses, in the order the
+// loader would have run them.
 #[allow(unsafe_code)]
 unsafe extern "C" {
     static __coxswain_rocksdb_init_start: [Constructor; 0];

@@ -47,7 +47,7 @@ use rtnetlink::packet_route::link::{
 };
 use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage};
 use rtnetlink::{
-    Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth,
+    Handle, LinkBridge, LinkBridgePort, LinkGetRequest, LinkMessageBuilder, LinkUnspec, LinkVeth,
     RouteMessageBuilder,
 };
 use sha2::{Digest, Sha256};
@@ -742,8 +742,9 @@ const LINK_READY_TIMEOUT: Duration = Duration::from_secs(2);
 /// kernel rate-limits such events of a bridge to one a second (a bridge made with `ip` and
 /// given its first port at once came up after 0.93-1.02 s here). The host's first ARP
 /// request lost so, it asks again only a second later; a probe or a one-second ping in that
-/// window fails (the net tests did, under load). Past [`LINK_READY_TIMEOUT`] it warns and returns: the link does
-/// come up in the end, and failing the pod for it would only start it again.
+/// window fails (the net tests did, under load). Past [`LINK_READY_TIMEOUT`] it warns and
+/// returns: the link does come up in the end, and failing the pod for it would only start it
+/// again.
 async fn wait_until_passing(host: &Handle, pod: &Handle, bridge: u32, host_if: &str) -> Result<()> {
     let started = Instant::now();
     let mut pause = Duration::from_micros(50);
@@ -861,33 +862,25 @@ async fn configure_pod_side(
 
 /// The link named `name`, or `None` if there is none.
 async fn find_link(handle: &Handle, name: &str) -> Result<Option<LinkMessage>> {
-    match handle
-        .link()
-        .get()
-        .match_name(name)
-        .execute()
-        .try_next()
-        .await
-    {
-        Ok(link) => Ok(link),
-        Err(err) if errno_of(&err) == Some(Errno::ENODEV) => Ok(None),
-        Err(err) => Err(nl_error(format!("looking up interface {name}"))(err)),
-    }
+    let request = handle.link().get().match_name(name);
+    first_link(request, || format!("looking up interface {name}")).await
 }
 
 /// The link with interface index `index`, or `None` if there is none.
 async fn find_link_by_index(handle: &Handle, index: u32) -> Result<Option<LinkMessage>> {
-    match handle
-        .link()
-        .get()
-        .match_index(index)
-        .execute()
-        .try_next()
-        .await
-    {
+    let request = handle.link().get().match_index(index);
+    first_link(request, || format!("looking up interface index {index}")).await
+}
+
+/// What a lookup by name or index answers; the kernel's ENODEV is `None`.
+async fn first_link(
+    request: LinkGetRequest,
+    context: impl FnOnce() -> String,
+) -> Result<Option<LinkMessage>> {
+    match request.execute().try_next().await {
         Ok(link) => Ok(link),
         Err(err) if errno_of(&err) == Some(Errno::ENODEV) => Ok(None),
-        Err(err) => Err(nl_error(format!("looking up interface index {index}"))(err)),
+        Err(err) => Err(nl_error(context())(err)),
     }
 }
 
