@@ -55,20 +55,32 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, slots: Arc<Semaphore>)
             keys.extend(p.txn.written_keys().map(str::to_string));
             batch.push(p);
         }
-        let raft = raft.clone();
+        let (txns, replies): (Vec<Txn>, Vec<_>) =
+            batch.into_iter().map(|p| (p.txn, p.reply)).unzip();
+        let n = txns.len();
+        // Proposed here, in arrival order, and only the wait for the answer runs in its own
+        // task: entries then get their revisions in the order their txns arrived, which a
+        // spawned `client_write` per batch did not promise.
+        let answer = match raft.client_write_ff(Request { txns }).await {
+            Ok(rx) => rx,
+            Err(fatal) => {
+                let err = write_error(RaftError::Fatal(fatal));
+                for reply in replies {
+                    let _ = reply.send(Err(err.duplicate()));
+                }
+                continue;
+            }
+        };
         tokio::spawn(async move {
-            let (txns, replies): (Vec<Txn>, Vec<_>) =
-                batch.into_iter().map(|p| (p.txn, p.reply)).unzip();
-            let n = txns.len();
-            let result = raft.client_write(Request { txns }).await;
+            let result = answer.await;
             drop(slot);
             match result {
-                Ok(resp) if resp.data.results.len() == n => {
+                Ok(Ok(resp)) if resp.data.results.len() == n => {
                     for (reply, r) in replies.into_iter().zip(resp.data.results) {
                         let _ = reply.send(Ok(r));
                     }
                 }
-                Ok(resp) => {
+                Ok(Ok(resp)) => {
                     let e = format!(
                         "entry {} answered {} results for {n} txns",
                         resp.log_id,
@@ -78,10 +90,16 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, slots: Arc<Semaphore>)
                         let _ = reply.send(Err(Error::Raft(e.clone())));
                     }
                 }
-                Err(e) => {
-                    let err = write_error(e);
+                Ok(Err(e)) => {
+                    let err = write_error(RaftError::APIError(e));
                     for reply in replies {
-                        let _ = reply.send(Err(clone_error(&err)));
+                        let _ = reply.send(Err(err.duplicate()));
+                    }
+                }
+                // The core dropped the answer: it stopped.
+                Err(_) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(Error::Stopped));
                     }
                 }
             }
@@ -97,17 +115,6 @@ pub(crate) fn write_error(
             leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
         },
         RaftError::Fatal(openraft::error::Fatal::Stopped) => Error::Stopped,
-        other => Error::Raft(other.to_string()),
-    }
-}
-
-/// Only the variants `write_error` makes need cloning.
-fn clone_error(e: &Error) -> Error {
-    match e {
-        Error::NotLeader { leader } => Error::NotLeader {
-            leader: leader.clone(),
-        },
-        Error::Stopped => Error::Stopped,
         other => Error::Raft(other.to_string()),
     }
 }

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -14,6 +15,7 @@ use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
 use crate::member::Kv;
+use crate::outbox::{self, Outbox};
 use crate::types::{Consistency, KeyValue, ListPage, Revision, Txn, TxnResult, WatchBatch};
 use crate::watch::WatchStream;
 
@@ -89,6 +91,38 @@ pub enum WatchLine {
     Error(WireError),
 }
 
+/// The answer for one txn of `POST /v1/txns`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TxnAnswer {
+    Ok(TxnResult),
+    /// What `POST /v1/txn` would have answered for this txn alone: the HTTP status and the
+    /// error.
+    Err {
+        status: u16,
+        error: WireError,
+    },
+}
+
+impl TxnAnswer {
+    pub fn from_result(r: Result<TxnResult>) -> Self {
+        match r {
+            Ok(t) => TxnAnswer::Ok(t),
+            Err(e) => {
+                let (status, error) = WireError::from_error(&e);
+                TxnAnswer::Err { status, error }
+            }
+        }
+    }
+
+    pub fn into_result(self) -> Result<TxnResult> {
+        match self {
+            TxnAnswer::Ok(t) => Ok(t),
+            TxnAnswer::Err { status, error } => Err(error.into_error(status)),
+        }
+    }
+}
+
 /// An error as it crosses the wire, so the far side can rebuild the variant that matters.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WireError {
@@ -107,6 +141,7 @@ impl WireError {
             Error::Compacted { .. } => (410, "compacted"),
             Error::TooLarge { .. } => (413, "too_large"),
             Error::TooManyOps { .. }
+            | Error::TooManyTxns { .. }
             | Error::InvalidKey { .. }
             | Error::InvalidValue { .. }
             | Error::BadContinue(_) => (400, "invalid"),
@@ -218,8 +253,28 @@ impl Peer {
         body: &impl Serialize,
         timeout: Option<Duration>,
     ) -> Result<reqwest::Response> {
+        let bytes = serde_json::to_vec(body).map_err(|e| Error::Transport {
+            url: url(addr, path),
+            reason: format!("encoding the request: {e}"),
+        })?;
+        self.send_json(addr, path, bytes, timeout).await
+    }
+
+    /// POSTs a body that is JSON already.
+    async fn send_json(
+        &self,
+        addr: &str,
+        path: &str,
+        body: Vec<u8>,
+        timeout: Option<Duration>,
+    ) -> Result<reqwest::Response> {
         let target = url(addr, path);
-        let mut req = self.http.post(&target).bearer_auth(&*self.token).json(body);
+        let mut req = self
+            .http
+            .post(&target)
+            .bearer_auth(&*self.token)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
         if let Some(id) = self.cluster.get() {
             req = req.header(crate::cluster_id::HEADER, id.as_str());
         }
@@ -247,6 +302,17 @@ impl Peer {
         })
     }
 
+    async fn decode<T: DeserializeOwned>(resp: reqwest::Response, target: String) -> Result<T> {
+        let bytes = resp.bytes().await.map_err(|e| Error::Transport {
+            url: target.clone(),
+            reason: e.to_string(),
+        })?;
+        serde_json::from_slice(&bytes).map_err(|e| Error::Transport {
+            url: target,
+            reason: format!("bad response: {e}"),
+        })
+    }
+
     /// POSTs `body` as JSON and decodes the JSON answer.
     pub async fn call<T: DeserializeOwned>(
         &self,
@@ -256,15 +322,25 @@ impl Peer {
         timeout: Option<Duration>,
     ) -> Result<T> {
         let resp = self.send(addr, path, body, timeout).await?;
-        let target = url(addr, path);
-        let bytes = resp.bytes().await.map_err(|e| Error::Transport {
-            url: target.clone(),
-            reason: e.to_string(),
-        })?;
-        serde_json::from_slice(&bytes).map_err(|e| Error::Transport {
-            url: target,
-            reason: format!("bad response: {e}"),
-        })
+        Self::decode(resp, url(addr, path)).await
+    }
+
+    /// Several txns in one request (`POST /v1/txns`), each given as its JSON encoding; one
+    /// answer per txn, in order. Each txn succeeds or fails on its own, as if sent alone.
+    pub async fn txns(&self, addr: &str, txns: &[Bytes]) -> Result<Vec<TxnAnswer>> {
+        let mut body = Vec::with_capacity(txns.iter().map(|t| t.len() + 1).sum::<usize>() + 2);
+        body.push(b'[');
+        for (i, t) in txns.iter().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(t);
+        }
+        body.push(b']');
+        let resp = self
+            .send_json(addr, "/v1/txns", body, Some(Duration::from_secs(10)))
+            .await?;
+        Self::decode(resp, url(addr, "/v1/txns")).await
     }
 
     /// The member's view of the cluster (`GET /cluster/status`).
@@ -426,6 +502,8 @@ pub struct Client {
     peer: Peer,
     members: Arc<Vec<String>>,
     current: Arc<AtomicUsize>,
+    /// Shared by the clones, so every clone's concurrent txns can share requests.
+    outbox: Arc<Outbox>,
     /// How long a call keeps retrying through elections and dead members.
     pub retry_for: Duration,
 }
@@ -436,6 +514,7 @@ impl Client {
             peer: Peer::new(token),
             members: Arc::new(members),
             current: Arc::new(AtomicUsize::new(0)),
+            outbox: Arc::new(Outbox::default()),
             retry_for: Duration::from_secs(10),
         }
     }
@@ -476,12 +555,45 @@ impl Client {
         }
     }
 
+    /// HTTP requests this client (with its clones) has sent for txns; concurrent txns share
+    /// requests, so under load this grows slower than the number of txns.
+    pub fn txn_requests(&self) -> u64 {
+        self.outbox.requests()
+    }
+
+    pub(crate) fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    /// One `POST /v1/txns` to the current member. A failure moves the client on once for the
+    /// whole request, not once per txn in it.
+    pub(crate) async fn send_txns(&self, bodies: &[Bytes]) -> Result<Vec<Result<TxnResult>>> {
+        let answers = match self.peer.txns(&self.addr(), bodies).await {
+            Ok(a) => a,
+            Err(e) => {
+                if matches!(e, Error::Transport { .. } | Error::NotLeader { .. }) {
+                    self.rotate(&e);
+                }
+                return Err(e);
+            }
+        };
+        let results: Vec<_> = answers.into_iter().map(TxnAnswer::into_result).collect();
+        if let Some(e) = results.iter().find_map(|r| match r {
+            Err(e @ Error::NotLeader { .. }) => Some(e),
+            _ => None,
+        }) {
+            self.rotate(e);
+        }
+        Ok(results)
+    }
+
     /// Txns are not retried: after a transport error the write may or may not have
     /// happened, and only the caller knows whether repeating it is safe. `NotLeader` is
     /// retried, since then nothing was proposed.
     async fn txn_once(&self, txn: &Txn) -> Result<TxnResult> {
         let deadline = tokio::time::Instant::now() + self.retry_for;
         loop {
+            self.outbox.count_request();
             match self.peer.txn(&self.addr(), txn).await {
                 Err(e @ Error::NotLeader { .. }) if tokio::time::Instant::now() < deadline => {
                     self.rotate(&e);
@@ -530,8 +642,22 @@ impl Kv for Client {
         .await
     }
 
+    /// Sent with whatever other txns of this client are waiting (`outbox.rs`); one too big
+    /// to share a request goes alone. Retried only on `NotLeader`, as `txn_once` explains.
     async fn txn(&self, txn: Txn) -> Result<TxnResult> {
-        self.txn_once(&txn).await
+        let body = match serde_json::to_vec(&txn) {
+            Ok(b) if b.len() <= outbox::MAX_BYTES => Bytes::from(b),
+            _ => return self.txn_once(&txn).await,
+        };
+        let deadline = tokio::time::Instant::now() + self.retry_for;
+        loop {
+            match self.outbox.submit(self, body.clone()).await {
+                Err(Error::NotLeader { .. }) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// A watch that survives its member: when the connection drops it reconnects to

@@ -34,6 +34,8 @@ pub enum Error {
     },
     #[error("transaction has {count} ops, over the limit of {limit}")]
     TooManyOps { count: usize, limit: usize },
+    #[error("request carries {count} transactions, over the limit of {limit}")]
+    TooManyTxns { count: usize, limit: usize },
     #[error("invalid key {key:?}: {reason}")]
     InvalidKey { key: String, reason: &'static str },
     #[error("invalid value for {key}: {reason}")]
@@ -82,6 +84,45 @@ impl Error {
             self,
             Error::NotLeader { .. } | Error::Transport { .. } | Error::Stopped | Error::Raft(_)
         ) || matches!(self, Error::Remote { status, .. } if *status >= 500)
+    }
+}
+
+impl Error {
+    /// A copy for each caller that shares one failed request (`Client::txn` coalesces
+    /// calls). Covers the variants a request can fail with as a whole; the rest, which only
+    /// arise inside a member, keep their message.
+    pub(crate) fn duplicate(&self) -> Error {
+        match self {
+            Error::Transport { url, reason } => Error::Transport {
+                url: url.clone(),
+                reason: reason.clone(),
+            },
+            Error::Remote { status, message } => Error::Remote {
+                status: *status,
+                message: message.clone(),
+            },
+            Error::NotLeader { leader } => Error::NotLeader {
+                leader: leader.clone(),
+            },
+            Error::Compacted {
+                requested,
+                compacted,
+            } => Error::Compacted {
+                requested: *requested,
+                compacted: *compacted,
+            },
+            Error::TooManyTxns { count, limit } => Error::TooManyTxns {
+                count: *count,
+                limit: *limit,
+            },
+            Error::Unauthorized => Error::Unauthorized,
+            Error::Stopped => Error::Stopped,
+            Error::Raft(m) => Error::Raft(m.clone()),
+            other => Error::Remote {
+                status: 500,
+                message: other.to_string(),
+            },
+        }
     }
 }
 

@@ -12,6 +12,7 @@
 //! - `member.rs`: one running member and the `Kv` trait (get, list, txn, watch);
 //! - `batcher.rs`: packs concurrent txns into one entry; `watch.rs`: ordered watch streams;
 //! - `network.rs`, `server.rs`, `client.rs`: the internal HTTP RPC and the network client;
+//!   `outbox.rs`: the client's concurrent txns sharing HTTP requests;
 //! - `cluster_id.rs`: the cluster's identity, checked on every Raft message;
 //! - `error.rs`: the crate's one error enum.
 
@@ -23,6 +24,7 @@ pub mod error;
 pub mod log_store;
 pub mod member;
 pub mod network;
+mod outbox;
 pub mod server;
 pub mod snapshot;
 pub mod state_machine;

@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 use tracing::Instrument;
 
 use crate::client::{
-    GetRequest, GetResponse, JoinRequest, JoinResponse, ListRequest, Status, WatchLine,
+    GetRequest, GetResponse, JoinRequest, JoinResponse, ListRequest, Status, TxnAnswer, WatchLine,
     WatchRequest, WireError,
 };
 use crate::cluster_id;
@@ -59,6 +59,7 @@ pub fn router(member: Member) -> Router {
         .route("/v1/get", post(get_key))
         .route("/v1/list", post(list))
         .route("/v1/txn", post(txn))
+        .route("/v1/txns", post(txns))
         .route("/v1/watch", post(watch))
         .route("/cluster/join", post(join))
         .route("/cluster/remove", post(remove))
@@ -160,6 +161,26 @@ async fn list(State(m): State<Member>, Json(req): Json<ListRequest>) -> ApiResul
 
 async fn txn(State(m): State<Member>, Json(req): Json<Txn>) -> ApiResult<crate::TxnResult> {
     Ok(Json(m.txn(req).await?))
+}
+
+/// Txns per `POST /v1/txns`; a client coalesces at most `outbox::MAX_TXNS`.
+const MAX_TXNS_PER_REQUEST: usize = 1024;
+
+/// Several independent txns in one request: each is checked, proposed and answered as if it
+/// had come alone to `/v1/txn`, so one bad txn fails only itself. They are handed to the
+/// batcher in the request's order and wait together.
+async fn txns(State(m): State<Member>, Json(req): Json<Vec<Txn>>) -> ApiResult<Vec<TxnAnswer>> {
+    if req.len() > MAX_TXNS_PER_REQUEST {
+        return Err(Error::TooManyTxns {
+            count: req.len(),
+            limit: MAX_TXNS_PER_REQUEST,
+        }
+        .into());
+    }
+    let answers = futures::future::join_all(req.into_iter().map(|t| m.txn(t))).await;
+    Ok(Json(
+        answers.into_iter().map(TxnAnswer::from_result).collect(),
+    ))
 }
 
 async fn watch(
