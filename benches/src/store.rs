@@ -62,6 +62,9 @@ struct Point {
     ops_per_sec: f64,
     p50_us: u64,
     p99_us: u64,
+    /// CPU time (user and system) of the server processes over the point, per put: what a
+    /// write costs the servers, apart from the load generator that shares the cores.
+    server_cpu_us_per_put: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -92,6 +95,32 @@ impl Drop for Servers {
 impl Servers {
     fn pid(&self) -> u32 {
         self.children.first().map_or(0, Child::id)
+    }
+
+    /// User and system CPU seconds the server processes have used so far (all threads).
+    fn cpu_seconds(&self) -> f64 {
+        let ticks = match nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK) {
+            Ok(Some(t)) if t > 0 => t as f64,
+            _ => 100.0,
+        };
+        self.children
+            .iter()
+            .map(|c| {
+                let stat =
+                    std::fs::read_to_string(format!("/proc/{}/stat", c.id())).unwrap_or_default();
+                // Fields after the command name, which is in parentheses and may hold spaces:
+                // utime and stime are the 12th and 13th of them (14th and 15th in all).
+                let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+                let fields: Vec<&str> = rest.split_whitespace().collect();
+                let field = |i: usize| {
+                    fields
+                        .get(i)
+                        .and_then(|v| v.parse::<f64>().ok())
+                        .unwrap_or(0.0)
+                };
+                (field(11) + field(12)) / ticks
+            })
+            .sum()
     }
 }
 
@@ -440,7 +469,9 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
                 pb.set_message(format!(
                     "{system}, {members} member(s), {clients} client(s)"
                 ));
+                let cpu_before = servers.cpu_seconds();
                 let (ops, errors, secs, lat) = load(&target, clients, per_point, &value).await;
+                let cpu = servers.cpu_seconds() - cpu_before;
                 points.push(Point {
                     system,
                     members,
@@ -450,6 +481,7 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
                     ops_per_sec: ops as f64 / secs,
                     p50_us: percentile(&lat, 0.5),
                     p99_us: percentile(&lat, 0.99),
+                    server_cpu_us_per_put: cpu * 1e6 / ops.max(1) as f64,
                 });
                 pb.inc(1);
             }
@@ -508,15 +540,23 @@ fn print_text(r: &Report) {
         r.fdatasync.per_sec, r.fdatasync.mean_us
     );
     println!(
-        "{:<10} {:>7} {:>7} {:>12} {:>10} {:>10} {:>7}",
-        "system", "members", "clients", "puts/s", "p50 us", "p99 us", "errors"
+        "{:<10} {:>7} {:>7} {:>12} {:>10} {:>10} {:>7} {:>12}",
+        "system", "members", "clients", "puts/s", "p50 us", "p99 us", "errors", "cpu us/put"
     );
     for p in &r.points {
         println!(
-            "{:<10} {:>7} {:>7} {:>12.0} {:>10} {:>10} {:>7}",
-            p.system, p.members, p.clients, p.ops_per_sec, p.p50_us, p.p99_us, p.errors
+            "{:<10} {:>7} {:>7} {:>12.0} {:>10} {:>10} {:>7} {:>12.1}",
+            p.system,
+            p.members,
+            p.clients,
+            p.ops_per_sec,
+            p.p50_us,
+            p.p99_us,
+            p.errors,
+            p.server_cpu_us_per_put
         );
     }
+    println!("(cpu us/put: user and system CPU of the server processes over the point, per put)");
     for m in &r.memory {
         println!(
             "{:<10} RSS after {} writes over {} keys ({:.1} s): {:.1} MiB now, {:.1} MiB peak",
