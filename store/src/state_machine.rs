@@ -573,7 +573,12 @@ impl Shared {
 
     /// History from `from` on, at most `max` revisions that have events, read at one
     /// instant. Returns the batches and the revision the read covered up to.
-    pub fn history(&self, from: Revision, max: usize) -> Result<(Vec<WatchBatch>, Revision)> {
+    pub fn history(
+        &self,
+        from: Revision,
+        max: usize,
+        max_events: usize,
+    ) -> Result<(Vec<WatchBatch>, Revision)> {
         let snap = self.db.snapshot();
         let (applied, compacted) = self.marks_at(&snap)?;
         if from <= compacted {
@@ -584,6 +589,7 @@ impl Shared {
         }
         let start = be(from);
         let mut out: Vec<WatchBatch> = Vec::new();
+        let mut events = 0usize;
         for item in snap.iterator_cf(
             cf(&self.db, CF_HISTORY)?,
             IteratorMode::From(&start, Direction::Forward),
@@ -591,10 +597,13 @@ impl Shared {
             let (k, v) = item.map_err(Error::rocks("read history"))?;
             let rev = from_be(&k)?;
             let ev: Event = serde_json::from_slice(&v).map_err(json_err("event"))?;
+            events += 1;
             match out.last_mut() {
                 Some(b) if b.revision == rev => b.events.push(ev),
                 _ => {
-                    if out.len() == max {
+                    // A revision is never split, so a chunk may pass `max_events` by one
+                    // revision's events.
+                    if out.len() == max || events > max_events {
                         // Covered up to just before this revision.
                         return Ok((out, rev - 1));
                     }
@@ -920,5 +929,38 @@ mod tests {
             (kv.value, kv.create_revision, kv.mod_revision),
             (serde_json::json!({"v": 3}), 11, 13)
         );
+    }
+
+    /// A history read stops at the events bound as well as the revisions bound, at a
+    /// revision boundary, and the next read goes on from there.
+    #[test]
+    fn history_reads_are_bounded_by_events_without_splitting_a_revision() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = crate::db::open(&dir.path().join("db")).expect("open");
+        let sm = StateMachine::open(db, &dir.path().join("snap"), 1000).expect("sm");
+        // Revisions 1..=4, with 3 puts each.
+        let entries = (1..=4)
+            .map(|rev| Entry {
+                log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), rev),
+                payload: EntryPayload::Normal(Request {
+                    txns: (0..3)
+                        .map(|k| Txn::put(format!("/t/{rev}/{k}"), serde_json::json!({})))
+                        .collect(),
+                }),
+            })
+            .collect();
+        sm.shared.apply_entries(entries).expect("apply");
+        let revs = |b: &[WatchBatch]| b.iter().map(|b| b.revision).collect::<Vec<_>>();
+        // 4 events allowed: revision 1 (3 events) and all of revision 2 (3 more).
+        let (batches, upto) = sm.shared.history(1, 100, 4).expect("history");
+        assert_eq!(revs(&batches), [1, 2]);
+        assert!(batches.iter().all(|b| b.events.len() == 3));
+        assert_eq!(upto, 2);
+        let (batches, upto) = sm.shared.history(upto + 1, 100, 4).expect("history");
+        assert_eq!(revs(&batches), [3, 4]);
+        assert_eq!(upto, 4);
+        // The revisions bound still holds.
+        let (batches, upto) = sm.shared.history(1, 1, 1000).expect("history");
+        assert_eq!((revs(&batches), upto), (vec![1], 1));
     }
 }

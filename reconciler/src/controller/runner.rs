@@ -335,14 +335,21 @@ impl Dispatcher {
 }
 
 /// Every key in the store, paged, all at one revision.
-async fn list_all<K: Kv>(kv: &K, page: usize) -> Result<(Revision, Vec<KeyValue>)> {
+/// Every object `keep` accepts, at one revision. Pages are filtered as they come, so a store
+/// full of keys no controller caches is never held whole (a relist over 110,000 such objects
+/// once took the member to 367 MiB).
+async fn list_all<K: Kv>(
+    kv: &K,
+    page: usize,
+    keep: impl Fn(&str) -> bool,
+) -> Result<(Revision, Vec<KeyValue>)> {
     let mut items = Vec::new();
     let mut token: Option<String> = None;
     loop {
         let p = kv
             .list("/", page, token.as_deref(), Consistency::Linearizable)
             .await?;
-        items.extend(p.items);
+        items.extend(p.items.into_iter().filter(|kv| keep(&kv.key)));
         match p.continue_token {
             Some(t) => token = Some(t),
             None => return Ok((p.revision, items)),
@@ -367,7 +374,7 @@ async fn relist<K: Kv>(
             }
         }
         let listed = tokio::select! {
-            r = list_all(kv, config.list_page) => r,
+            r = list_all(kv, config.list_page, |k| d.cache.covers(k)) => r,
             () = stopped(stop) => return None,
         };
         match listed {
