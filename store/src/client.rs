@@ -568,6 +568,7 @@ impl Client {
     /// One `POST /v1/txns` to the current member. A failure moves the client on once for the
     /// whole request, not once per txn in it.
     pub(crate) async fn send_txns(&self, bodies: &[Bytes]) -> Result<Vec<Result<TxnResult>>> {
+        self.outbox.count_request();
         let answers = match self.peer.txns(&self.addr(), bodies).await {
             Ok(a) => a,
             Err(e) => {
@@ -651,7 +652,7 @@ impl Kv for Client {
         };
         let deadline = tokio::time::Instant::now() + self.retry_for;
         loop {
-            match self.outbox.submit(self, body.clone()).await {
+            match outbox::submit(self, body.clone()).await {
                 Err(Error::NotLeader { .. }) if tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }

@@ -85,9 +85,7 @@ impl Error {
             Error::NotLeader { .. } | Error::Transport { .. } | Error::Stopped | Error::Raft(_)
         ) || matches!(self, Error::Remote { status, .. } if *status >= 500)
     }
-}
 
-impl Error {
     /// A copy for each caller that shares one failed request (`Client::txn` coalesces
     /// calls). Covers the variants a request can fail with as a whole; the rest, which only
     /// arise inside a member, keep their message.
@@ -110,10 +108,6 @@ impl Error {
             } => Error::Compacted {
                 requested: *requested,
                 compacted: *compacted,
-            },
-            Error::TooManyTxns { count, limit } => Error::TooManyTxns {
-                count: *count,
-                limit: *limit,
             },
             Error::Unauthorized => Error::Unauthorized,
             Error::Stopped => Error::Stopped,

@@ -66,59 +66,58 @@ impl Outbox {
         self.requests.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Sends one txn (its JSON), alone if a request slot is free, else with whatever else
-    /// is waiting once one frees; waits for its answer.
-    pub(crate) async fn submit(&self, client: &Client, body: Bytes) -> Result<TxnResult> {
-        let answer = {
-            let mut st = self.lock();
-            if st.in_flight < MAX_IN_FLIGHT {
-                // Nothing waits while a slot is free (a freed slot takes all that waits), so
-                // this txn would go alone anyway: it is sent from here, without a hop to a
-                // task and back, which is most of a lone caller's cost.
-                st.in_flight += 1;
-                None
-            } else {
-                let (reply, answer) = oneshot::channel();
-                st.waiting.push_back(Queued {
-                    body: body.clone(),
-                    reply,
-                });
-                Some(answer)
-            }
-        };
-        match answer {
-            None => {
-                let slot = Slot { client };
-                self.count_request();
-                let answers = client.send_txns(std::slice::from_ref(&body)).await;
-                // The slot goes to whatever queued meanwhile; if this caller gives up before
-                // here, dropping `slot` does the same, and only its own txn is abandoned.
-                drop(slot);
-                match answers?.pop() {
-                    Some(a) => a,
-                    None => Err(Error::Transport {
-                        url: "/v1/txns".into(),
-                        reason: "no answer for the txn".into(),
-                    }),
-                }
-            }
-            // A dropped reply means the task carrying it is gone (the runtime is shutting
-            // down), so whether the txn was applied is unknown, as after a lost connection.
-            Some(answer) => answer.await.unwrap_or_else(|_| {
-                Err(Error::Transport {
-                    url: "/v1/txns".into(),
-                    reason: "the request carrying this txn was dropped".into(),
-                })
-            }),
-        }
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave the queue half-changed (each critical
         // section is a push, a pop run or a counter change), so a poisoned lock is still sound.
         self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Sends one txn (its JSON) of `client`, alone if a request slot is free, else with whatever
+/// else is waiting once one frees; waits for its answer.
+pub(crate) async fn submit(client: &Client, body: Bytes) -> Result<TxnResult> {
+    let answer = {
+        let mut st = client.outbox().lock();
+        if st.in_flight < MAX_IN_FLIGHT {
+            // Nothing waits while a slot is free (a freed slot takes all that waits), so
+            // this txn would go alone anyway: it is sent from here, without a hop to a
+            // task and back, which is most of a lone caller's cost.
+            st.in_flight += 1;
+            None
+        } else {
+            let (reply, answer) = oneshot::channel();
+            st.waiting.push_back(Queued {
+                body: body.clone(),
+                reply,
+            });
+            Some(answer)
+        }
+    };
+    match answer {
+        None => {
+            let slot = Slot { client };
+            let answers = client.send_txns(std::slice::from_ref(&body)).await;
+            // The slot goes to whatever queued meanwhile; if this caller gives up before
+            // here, dropping `slot` does the same, and only its own txn is abandoned.
+            drop(slot);
+            match answers?.pop() {
+                Some(a) => a,
+                None => Err(Error::Transport {
+                    url: "/v1/txns".into(),
+                    reason: "no answer for the txn".into(),
+                }),
+            }
+        }
+        // A dropped reply means the task carrying it is gone (the runtime is shutting
+        // down), so whether the txn was applied is unknown, as after a lost connection.
+        Some(answer) => answer.await.unwrap_or_else(|_| {
+            Err(Error::Transport {
+                url: "/v1/txns".into(),
+                reason: "the request carrying this txn was dropped".into(),
+            })
+        }),
     }
 }
 
@@ -134,8 +133,7 @@ impl Drop for Slot<'_> {
         let mut st = outbox.lock();
         // Outside a runtime (it is shutting down) no task can take the queue over; its
         // callers then see their replies dropped.
-        let handle = tokio::runtime::Handle::try_current();
-        match handle {
+        match tokio::runtime::Handle::try_current() {
             Ok(handle) if !st.waiting.is_empty() => {
                 let batch = take_batch(&mut st.waiting);
                 handle.spawn(send_until_empty(self.client.clone(), batch));
@@ -165,7 +163,6 @@ fn take_batch(waiting: &mut VecDeque<Queued>) -> Vec<Queued> {
 async fn send_until_empty(client: Client, mut batch: Vec<Queued>) {
     let outbox = client.outbox();
     loop {
-        outbox.count_request();
         let bodies: Vec<Bytes> = batch.iter().map(|q| q.body.clone()).collect();
         match client.send_txns(&bodies).await {
             Ok(answers) if answers.len() == batch.len() => {

@@ -571,14 +571,16 @@ impl Shared {
         })
     }
 
-    /// History from `from` on, at most `max` revisions that have events, read at one
-    /// instant. Returns the batches and the revision the read covered up to.
+    /// History from `from` on, at most `max` revisions that have events and about
+    /// `max_events` events (a revision is never split), read at one instant. Returns the
+    /// batches, the revision the read covered up to, and whether it stopped at a bound
+    /// (more history follows).
     pub fn history(
         &self,
         from: Revision,
         max: usize,
         max_events: usize,
-    ) -> Result<(Vec<WatchBatch>, Revision)> {
+    ) -> Result<(Vec<WatchBatch>, Revision, bool)> {
         let snap = self.db.snapshot();
         let (applied, compacted) = self.marks_at(&snap)?;
         if from <= compacted {
@@ -605,7 +607,7 @@ impl Shared {
                     // revision's events.
                     if out.len() == max || events > max_events {
                         // Covered up to just before this revision.
-                        return Ok((out, rev - 1));
+                        return Ok((out, rev - 1, true));
                     }
                     out.push(WatchBatch {
                         revision: rev,
@@ -614,7 +616,7 @@ impl Shared {
                 }
             }
         }
-        Ok((out, applied))
+        Ok((out, applied, false))
     }
 
     fn current_snapshot_path(&self) -> PathBuf {
@@ -952,15 +954,15 @@ mod tests {
         sm.shared.apply_entries(entries).expect("apply");
         let revs = |b: &[WatchBatch]| b.iter().map(|b| b.revision).collect::<Vec<_>>();
         // 4 events allowed: revision 1 (3 events) and all of revision 2 (3 more).
-        let (batches, upto) = sm.shared.history(1, 100, 4).expect("history");
+        let (batches, upto, _) = sm.shared.history(1, 100, 4).expect("history");
         assert_eq!(revs(&batches), [1, 2]);
         assert!(batches.iter().all(|b| b.events.len() == 3));
         assert_eq!(upto, 2);
-        let (batches, upto) = sm.shared.history(upto + 1, 100, 4).expect("history");
+        let (batches, upto, _) = sm.shared.history(upto + 1, 100, 4).expect("history");
         assert_eq!(revs(&batches), [3, 4]);
         assert_eq!(upto, 4);
         // The revisions bound still holds.
-        let (batches, upto) = sm.shared.history(1, 1, 1000).expect("history");
+        let (batches, upto, _) = sm.shared.history(1, 1, 1000).expect("history");
         assert_eq!((revs(&batches), upto), (vec![1], 1));
     }
 }

@@ -125,15 +125,11 @@ async fn read_history(
 ) -> Result<Option<Revision>> {
     loop {
         let s = shared.clone();
-        let (batches, upto) = tokio::task::spawn_blocking(move || {
+        let (batches, upto, more) = tokio::task::spawn_blocking(move || {
             s.history(next, HISTORY_CHUNK, HISTORY_CHUNK_EVENTS)
         })
         .await
         .map_err(|_| Error::Stopped)??;
-        // Cut short by either bound (a cut chunk holds at least the events bound; one that
-        // holds that many by chance only costs an empty read).
-        let events: usize = batches.iter().map(|b| b.events.len()).sum();
-        let full = batches.len() == HISTORY_CHUNK || events >= HISTORY_CHUNK_EVENTS;
         for batch in &batches {
             if let Some(b) = filter(batch, prefix, prev)
                 && tx.send(Ok(b)).await.is_err()
@@ -142,7 +138,7 @@ async fn read_history(
             }
         }
         next = next.max(upto + 1);
-        if !full {
+        if !more {
             return Ok(Some(next));
         }
     }

@@ -334,7 +334,6 @@ impl Dispatcher {
     }
 }
 
-/// Every key in the store, paged, all at one revision.
 /// Every object `keep` accepts, at one revision. Pages are filtered as they come, so a store
 /// full of keys no controller caches is never held whole (a relist over 110,000 such objects
 /// once took the member to 367 MiB).
