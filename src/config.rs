@@ -45,6 +45,9 @@ pub struct FileConfig {
     /// A file holding the cluster token (surrounding whitespace is ignored).
     pub token_file: Option<PathBuf>,
     pub snapshot_every: Option<u64>,
+    /// MiB of RocksDB memtables (`--memtable-mib`), 1 to 4096.
+    #[serde(default, deserialize_with = "memtable_mib")]
+    pub memtable_mib: Option<u64>,
     /// The Git source to sync, with the fields of [`SourceConfig`].
     pub source: Option<SourceConfig>,
     #[serde(default)]
@@ -87,6 +90,17 @@ pub fn load(path: &Path) -> anyhow::Result<FileConfig> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading the config file {}", path.display()))?;
     parse(&text, &path.display().to_string())
+}
+
+/// The memtable budget in MiB, in the range the `--memtable-mib` flag accepts.
+fn memtable_mib<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let mib = u64::deserialize(d)?;
+    if !(1..=4096).contains(&mib) {
+        return Err(serde::de::Error::custom(format!(
+            "{mib} is not between 1 and 4096"
+        )));
+    }
+    Ok(Some(mib))
 }
 
 /// Parses config text; `name` is how errors name the file.
@@ -145,7 +159,7 @@ mod tests {
     #[test]
     fn a_full_file_is_read() {
         let cfg = parse(
-            "id: 2\ndata: /var/lib/c\nlisten: 0.0.0.0:7400\ntoken: s3cret\n\
+            "id: 2\ndata: /var/lib/c\nlisten: 0.0.0.0:7400\ntoken: s3cret\nmemtable_mib: 64\n\
              source:\n  repo: file:///srv/deploy.git\n  ref: {tag: v1}\n  path: prod\n  \
              interval: 30s\n  cache_dir: /tmp/c\n  push_notes: true\n\
              prune:\n  max_share: 0.5\n  allow: true\n",
@@ -153,6 +167,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(cfg.id, Some(2));
+        assert_eq!(cfg.memtable_mib, Some(64));
         assert_eq!(
             cfg.token(Path::new("c.yaml")).unwrap().as_deref(),
             Some("s3cret")
@@ -188,6 +203,10 @@ mod tests {
             (
                 "prune:\n  max_share: lots\n",
                 "c.yaml:2:3: prune.max_share:",
+            ),
+            (
+                "id: 1\nmemtable_mib: 0\n",
+                "c.yaml:2:1: memtable_mib: 0 is not between 1 and 4096",
             ),
             (
                 "a: 1\n---\nb: 2\n",

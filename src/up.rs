@@ -71,6 +71,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         join: None,
         token,
         snapshot_every: 10_000,
+        // The embedded store shares the process with the agent and controllers, and its idle
+        // memory counts: it keeps the store crate's small default.
+        memtable_mib: (coxswain_store::db::DEFAULT_MEMTABLE_BUDGET >> 20) as u64,
         source: Some(source),
         prune: PrunePolicy::new(coxswain_reconciler::prune::DEFAULT_MAX_SHARE, false)?,
     };

@@ -34,6 +34,18 @@ pub struct Args {
     /// Writes before reading each server's memory (default 1,000,000; 20,000 with --quick).
     #[arg(long)]
     rss_writes: Option<u64>,
+    /// Only this member count (1 or 3), to look at one point at a time (under a profiler).
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(["1", "3"]))]
+    members: Option<String>,
+    /// Only this client count (1, 16 or 256).
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(["1", "16", "256"]))]
+    clients: Option<String>,
+    /// Seconds per load point instead of 5 (1 with --quick).
+    #[arg(long)]
+    seconds: Option<f64>,
+    /// Skip the memory phase.
+    #[arg(long)]
+    no_memory: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -427,7 +439,20 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 }
 
 async fn run_async(args: &Args) -> anyhow::Result<()> {
-    let per_point = Duration::from_secs_f64(if args.quick { 1.0 } else { 5.0 });
+    let seconds = args.seconds.unwrap_or(if args.quick { 1.0 } else { 5.0 });
+    let per_point = Duration::try_from_secs_f64(seconds)
+        .map_err(|e| anyhow::anyhow!("--seconds {seconds}: {e}"))?;
+    // A filter is one of the listed values (clap checked), so it parses.
+    let wanted =
+        |filter: &Option<String>, n: &usize| filter.as_ref().is_none_or(|f| *f == n.to_string());
+    let member_counts: Vec<usize> = [1, 3]
+        .into_iter()
+        .filter(|m| wanted(&args.members, m))
+        .collect();
+    let client_counts: Vec<usize> = [1, 16, 256]
+        .into_iter()
+        .filter(|c| wanted(&args.clients, c))
+        .collect();
     let rss_writes = args
         .rss_writes
         .unwrap_or(if args.quick { 20_000 } else { 1_000_000 });
@@ -449,7 +474,8 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
     let pb = if args.json {
         ProgressBar::hidden()
     } else {
-        let pb = ProgressBar::new((systems.len() * 2 * 3) as u64);
+        let pb =
+            ProgressBar::new((systems.len() * member_counts.len() * client_counts.len()) as u64);
         pb.set_style(
             ProgressStyle::with_template("{msg:>40} [{bar:30}] {pos}/{len} {elapsed}")
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
@@ -458,14 +484,14 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
         pb
     };
     let mut points = Vec::new();
-    for &members in &[1usize, 3] {
+    for &members in &member_counts {
         for &system in &systems {
             let servers = match system {
                 "coxswain" => start_coxswain(&coxswain, tmp.path(), members)?,
                 _ => start_etcd(tmp.path(), members)?,
             };
             let target = connect(system, &servers).await?;
-            for &clients in &[1usize, 16, 256] {
+            for &clients in &client_counts {
                 pb.set_message(format!(
                     "{system}, {members} member(s), {clients} client(s)"
                 ));
@@ -491,7 +517,7 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
     pb.finish_and_clear();
 
     let mut memory = Vec::new();
-    for &system in &systems {
+    for &system in systems.iter().filter(|_| !args.no_memory) {
         let servers = match system {
             "coxswain" => start_coxswain(&coxswain, tmp.path(), 1)?,
             _ => start_etcd(tmp.path(), 1)?,

@@ -111,13 +111,13 @@ mod tests {
     fn generated_id_survives_reopen_and_refuses_another() {
         let dir = tempfile::tempdir().unwrap();
         let first = {
-            let db = crate::db::open(dir.path()).unwrap();
+            let db = crate::db::open(dir.path(), crate::db::DEFAULT_MEMTABLE_BUDGET).unwrap();
             let c = ClusterId::load(db).unwrap();
             assert_eq!(c.get(), None);
             c.generate().unwrap();
             c.get().unwrap().to_string()
         };
-        let db = crate::db::open(dir.path()).unwrap();
+        let db = crate::db::open(dir.path(), crate::db::DEFAULT_MEMTABLE_BUDGET).unwrap();
         let c = ClusterId::load(db).unwrap();
         assert_eq!(c.get(), Some(first.as_str()));
         c.adopt(&first).unwrap();
@@ -131,7 +131,10 @@ mod tests {
     #[test]
     fn a_member_without_id_adopts_a_well_formed_one_only() {
         let dir = tempfile::tempdir().unwrap();
-        let c = ClusterId::load(crate::db::open(dir.path()).unwrap()).unwrap();
+        let c = ClusterId::load(
+            crate::db::open(dir.path(), crate::db::DEFAULT_MEMTABLE_BUDGET).unwrap(),
+        )
+        .unwrap();
         assert!(c.adopt("not-a-uuid").is_err());
         assert_eq!(c.get(), None);
         let id = uuid::Uuid::new_v4().to_string();

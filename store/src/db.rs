@@ -21,13 +21,14 @@ pub const CF_SM_META: &str = "sm_meta";
 
 const CFS: [&str; 5] = [CF_LOGS, CF_LOG_META, CF_KV, CF_HISTORY, CF_SM_META];
 
-/// The memtable budget for all column families together. RocksDB's default is 64 MiB per
-/// family; five of those would be most of the memory the store may use (the target is well
-/// under etcd's footprint). A full budget flushes the largest family, so a small one costs
-/// more, smaller flushes, which the two background jobs keep up with.
-const MEMTABLE_BUDGET: usize = 8 << 20;
-/// One family's memtable before it is flushed on its own.
-const MEMTABLE_PER_FAMILY: usize = 4 << 20;
+/// The default memtable budget for all column families together, for a store embedded in a
+/// process that does more (`coxswain up`), whose idle memory counts. RocksDB's default is
+/// 64 MiB per family; five of those would be most of the memory the store may use. A full
+/// budget flushes the largest family, so a small one costs more, smaller flushes: under
+/// heavy writes the disk then carries about 4.5 KB per 256-byte put (flushes and
+/// compactions), against 3.4 KB with 32 MiB (docs/benchmarks.md), which is why a dedicated
+/// `coxswain server` takes a larger one. A family's own memtable is half the budget.
+pub const DEFAULT_MEMTABLE_BUDGET: usize = 8 << 20;
 /// One block cache for all families. Without it each family's table factory makes its own
 /// 32 MiB cache, and reads of flushed data can fill all five: up to 160 MiB kept while idle.
 /// Recent objects are read from the memtables, so a small cache loses little.
@@ -46,8 +47,9 @@ pub fn defer_rocksdb_statics(run: fn()) {
     let _ = DEFERRED_STATICS.set(run);
 }
 
-/// Opens (or creates) the database under `dir`.
-pub fn open(dir: &Path) -> Result<Arc<DB>> {
+/// Opens (or creates) the database under `dir`, with `memtable_budget` bytes of memtables for
+/// all families together.
+pub fn open(dir: &Path, memtable_budget: usize) -> Result<Arc<DB>> {
     STATICS_BUILT.call_once(|| {
         if let Some(run) = DEFERRED_STATICS.get() {
             run();
@@ -56,7 +58,7 @@ pub fn open(dir: &Path) -> Result<Arc<DB>> {
     let mut opts = Options::default();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
-    opts.set_db_write_buffer_size(MEMTABLE_BUDGET);
+    opts.set_db_write_buffer_size(memtable_budget);
     opts.set_max_background_jobs(2);
     opts.set_keep_log_file_num(3);
     // fsyncs are ours to decide (see log_store.rs); these keep RocksDB from adding more.
@@ -66,7 +68,7 @@ pub fn open(dir: &Path) -> Result<Arc<DB>> {
         let mut table = BlockBasedOptions::default();
         table.set_block_cache(&cache);
         let mut o = Options::default();
-        o.set_write_buffer_size(MEMTABLE_PER_FAMILY);
+        o.set_write_buffer_size(memtable_budget / 2);
         o.set_block_based_table_factory(&table);
         o
     };
@@ -159,9 +161,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_memtable_budget_reaches_rocksdb_with_half_of_it_per_family() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = open(dir.path(), 32 << 20).expect("open");
+        drop(db);
+        // RocksDB writes the options it runs with to an OPTIONS-* file in the folder.
+        let options = std::fs::read_dir(dir.path())
+            .expect("read dir")
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with("OPTIONS-"))
+            .map(|e| std::fs::read_to_string(e.path()).expect("read OPTIONS"))
+            .last()
+            .expect("an OPTIONS file");
+        assert!(
+            options.contains("db_write_buffer_size=33554432"),
+            "{options}"
+        );
+        let per_family = options.matches("\n  write_buffer_size=16777216").count();
+        // RocksDB's own `default` family keeps its 64 MiB default; it holds nothing.
+        assert_eq!(per_family, CFS.len(), "{options}");
+    }
+
+    #[test]
     fn a_flush_empties_the_memtables_and_the_data_stays_readable() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let db = open(dir.path()).expect("open");
+        let db = open(dir.path(), DEFAULT_MEMTABLE_BUDGET).expect("open");
         let empty = memtable_bytes(&db).expect("size");
         let kv = cf(&db, CF_KV).expect("kv");
         let value = vec![7u8; 1024];

@@ -644,7 +644,7 @@ mod tests {
     #[test]
     fn appends_synced_in_place_are_followed_by_the_idle_flush() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let db = crate::db::open(dir.path()).expect("open");
+        let db = crate::db::open(dir.path(), crate::db::DEFAULT_MEMTABLE_BUDGET).expect("open");
         let logs = cf(&db, CF_LOGS).expect("logs");
         for i in 0..IDLE_FLUSH_MIN_ENTRIES {
             db.put_cf(logs, be(i), b"entry").expect("put");

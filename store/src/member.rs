@@ -164,6 +164,8 @@ pub struct MemberConfig {
     pub snapshot_every: u64,
     /// Entries proposed but not yet committed at once; more wait and are batched.
     pub in_flight: usize,
+    /// Bytes of RocksDB memtables for all column families together (see `db.rs`).
+    pub memtable_budget: usize,
     pub heartbeat_ms: u64,
     pub election_timeout_ms: (u64, u64),
 }
@@ -184,6 +186,7 @@ impl MemberConfig {
             history_retain: 100_000,
             snapshot_every: 10_000,
             in_flight: 2,
+            memtable_budget: crate::db::DEFAULT_MEMTABLE_BUDGET,
             heartbeat_ms: 100,
             election_timeout_ms: (400, 800),
         }
@@ -252,7 +255,7 @@ impl Member {
     /// Opens the member's storage and starts Raft. A member that has never been part of a
     /// cluster and is not told to `join` one starts a new single-member cluster.
     pub async fn start(cfg: MemberConfig, bootstrap: bool) -> Result<Member> {
-        let db = db::open(&cfg.data_dir.join("db"))?;
+        let db = db::open(&cfg.data_dir.join("db"), cfg.memtable_budget)?;
         let sm = StateMachine::open(
             db.clone(),
             &cfg.data_dir.join("snapshots"),

@@ -906,7 +906,8 @@ mod tests {
     #[test]
     fn an_entry_sees_the_writes_of_the_entries_before_it_in_one_apply() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let db = crate::db::open(&dir.path().join("db")).expect("open");
+        let db = crate::db::open(&dir.path().join("db"), crate::db::DEFAULT_MEMTABLE_BUDGET)
+            .expect("open");
         let sm = StateMachine::open(db, &dir.path().join("snap"), 100).expect("sm");
         let create = |v: u64| Txn::compare_and_swap("/t/k", 0, serde_json::json!({"v": v}));
         let (responses, _) = sm
@@ -938,7 +939,8 @@ mod tests {
     #[test]
     fn history_reads_are_bounded_by_events_without_splitting_a_revision() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let db = crate::db::open(&dir.path().join("db")).expect("open");
+        let db = crate::db::open(&dir.path().join("db"), crate::db::DEFAULT_MEMTABLE_BUDGET)
+            .expect("open");
         let sm = StateMachine::open(db, &dir.path().join("snap"), 1000).expect("sm");
         // Revisions 1..=4, with 3 puts each.
         let entries = (1..=4)

@@ -12,7 +12,8 @@ struct RocksBuilder;
 impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for RocksBuilder {
     async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError> {
         let dir = tempfile::tempdir().expect("temp dir");
-        let db = db::open(&dir.path().join("db")).expect("open rocksdb");
+        let db =
+            db::open(&dir.path().join("db"), db::DEFAULT_MEMTABLE_BUDGET).expect("open rocksdb");
         let sm = StateMachine::open(db.clone(), &dir.path().join("snapshots"), 1000)
             .expect("open state machine");
         Ok((dir, LogStore::new(db), sm))
