@@ -1005,10 +1005,13 @@ async fn a_plain_folder_is_watched_and_read_as_a_folder() {
 /// "reference not found".
 #[test]
 fn a_file_url_fetch_survives_refs_coming_and_going_in_the_served_repository() {
-    use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
 
     let up = Upstream::new();
+    // No `gc --auto` after a push, packing the loose objects the churned refs point at
+    // while the other thread writes them.
+    git(&up.bare, &["config", "gc.auto", "0"]);
     commit(&up.work, &[("a.yaml", Some("a: 0\n"))], "zero");
     up.push(&["main"]);
     let cache = tempfile::tempdir().unwrap();
@@ -1020,8 +1023,13 @@ fn a_file_url_fetch_survives_refs_coming_and_going_in_the_served_repository() {
     let mut source = GitSource::open(&cfg).unwrap();
 
     let stop = Arc::new(AtomicBool::new(false));
+    // Held by the churn while one of its refs exists, and by the test's own pushes: `git
+    // receive-pack` fails on a ref that vanishes while it reads the refs ("bad object"), and
+    // what is under test is the fetch, not the push.
+    let gate = Arc::new(Mutex::new(()));
     let churn = {
         let stop = Arc::clone(&stop);
+        let gate = Arc::clone(&gate);
         let bare = up.bare.clone();
         std::thread::spawn(move || {
             let repo = git2::Repository::open_bare(&bare).unwrap();
@@ -1029,10 +1037,13 @@ fn a_file_url_fetch_survives_refs_coming_and_going_in_the_served_repository() {
             let mut made = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let name = format!("refs/churn/{}", made % 8);
-                // Like the notes writer: a ref lives for about a millisecond, then is gone.
-                repo.reference(&name, target, true, "churn").unwrap();
-                std::thread::sleep(Duration::from_millis(1));
-                repo.find_reference(&name).unwrap().delete().unwrap();
+                {
+                    let _held = gate.lock().unwrap();
+                    // Like the notes writer: a ref lives for about a millisecond, then is gone.
+                    repo.reference(&name, target, true, "churn").unwrap();
+                    std::thread::sleep(Duration::from_millis(1));
+                    repo.find_reference(&name).unwrap().delete().unwrap();
+                }
                 std::thread::sleep(Duration::from_millis(1));
                 made += 1;
             }
@@ -1047,6 +1058,7 @@ fn a_file_url_fetch_survives_refs_coming_and_going_in_the_served_repository() {
                 &[("a.yaml", Some(&format!("a: {round}\n")))],
                 "next",
             );
+            let _held = gate.lock().unwrap();
             up.push(&["main"]);
         }
         let head = source.fetch();
