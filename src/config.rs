@@ -92,12 +92,17 @@ pub fn load(path: &Path) -> anyhow::Result<FileConfig> {
     parse(&text, &path.display().to_string())
 }
 
-/// The memtable budget in MiB, in the range the `--memtable-mib` flag accepts.
+/// The memtable budgets `coxswain server` accepts, in MiB (flag and file alike).
+pub const MEMTABLE_MIB: std::ops::RangeInclusive<u64> = 1..=4096;
+
+/// The memtable budget in MiB, in [`MEMTABLE_MIB`].
 fn memtable_mib<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     let mib = u64::deserialize(d)?;
-    if !(1..=4096).contains(&mib) {
+    if !MEMTABLE_MIB.contains(&mib) {
         return Err(serde::de::Error::custom(format!(
-            "{mib} is not between 1 and 4096"
+            "{mib} is not between {} and {}",
+            MEMTABLE_MIB.start(),
+            MEMTABLE_MIB.end()
         )));
     }
     Ok(Some(mib))

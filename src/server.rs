@@ -49,7 +49,7 @@ pub struct Args {
     snapshot_every: Option<u64>,
     /// MiB of RocksDB memtables, all column families together [default: 32]. Larger ones
     /// flush and compact less under heavy writes; `coxswain up` keeps 8.
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(crate::config::MEMTABLE_MIB))]
     memtable_mib: Option<u64>,
     #[command(flatten)]
     sync: SyncArgs,
@@ -106,7 +106,8 @@ pub(crate) struct Settings {
     pub(crate) join: Option<String>,
     pub(crate) token: String,
     pub(crate) snapshot_every: u64,
-    pub(crate) memtable_mib: u64,
+    /// Bytes of RocksDB memtables (`MemberConfig::memtable_budget`).
+    pub(crate) memtable_budget: usize,
     pub(crate) source: Option<SourceConfig>,
     pub(crate) prune: PrunePolicy,
 }
@@ -188,11 +189,13 @@ impl Settings {
                 .snapshot_every
                 .or(file.snapshot_every)
                 .unwrap_or(10_000),
-            // Both are range-checked where they are read (clap, `config::memtable_mib`).
-            memtable_mib: args
+            // Both are within `config::MEMTABLE_MIB` (clap and the file's reader check), so
+            // the shift cannot overflow.
+            memtable_budget: (args
                 .memtable_mib
                 .or(file.memtable_mib)
-                .unwrap_or(SERVER_MEMTABLE_MIB),
+                .unwrap_or(SERVER_MEMTABLE_MIB) as usize)
+                << 20,
             source,
             prune,
         })
@@ -255,10 +258,7 @@ pub(crate) async fn start(args: Settings) -> anyhow::Result<Running> {
     let advertise = args.advertise.clone().unwrap_or_else(|| bound.clone());
     let mut cfg = MemberConfig::new(args.id, &args.data, &advertise, &args.token);
     cfg.snapshot_every = args.snapshot_every.max(10);
-    cfg.memtable_budget = usize::try_from(args.memtable_mib)
-        .ok()
-        .and_then(|mib| mib.checked_mul(1 << 20))
-        .context("memtable_mib is too large")?;
+    cfg.memtable_budget = args.memtable_budget;
     let member = Member::start(cfg, args.join.is_none())
         .await
         .with_context(|| format!("starting member {} in {}", args.id, args.data.display()))?;

@@ -73,7 +73,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         snapshot_every: 10_000,
         // The embedded store shares the process with the agent and controllers, and its idle
         // memory counts: it keeps the store crate's small default.
-        memtable_mib: (coxswain_store::db::DEFAULT_MEMTABLE_BUDGET >> 20) as u64,
+        memtable_budget: coxswain_store::db::DEFAULT_MEMTABLE_BUDGET,
         source: Some(source),
         prune: PrunePolicy::new(coxswain_reconciler::prune::DEFAULT_MAX_SHARE, false)?,
     };

@@ -894,6 +894,12 @@ mod tests {
     use super::*;
     use crate::types::Txn;
 
+    fn open(dir: &std::path::Path, history_retain: u64) -> StateMachine {
+        let db =
+            crate::db::open(&dir.join("db"), crate::db::DEFAULT_MEMTABLE_BUDGET).expect("open");
+        StateMachine::open(db, &dir.join("snap"), history_retain).expect("sm")
+    }
+
     fn entry(index: u64, txn: Txn) -> Entry {
         Entry {
             log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
@@ -906,9 +912,7 @@ mod tests {
     #[test]
     fn an_entry_sees_the_writes_of_the_entries_before_it_in_one_apply() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let db = crate::db::open(&dir.path().join("db"), crate::db::DEFAULT_MEMTABLE_BUDGET)
-            .expect("open");
-        let sm = StateMachine::open(db, &dir.path().join("snap"), 100).expect("sm");
+        let sm = open(dir.path(), 100);
         let create = |v: u64| Txn::compare_and_swap("/t/k", 0, serde_json::json!({"v": v}));
         let (responses, _) = sm
             .shared
@@ -939,9 +943,7 @@ mod tests {
     #[test]
     fn history_reads_are_bounded_by_events_without_splitting_a_revision() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let db = crate::db::open(&dir.path().join("db"), crate::db::DEFAULT_MEMTABLE_BUDGET)
-            .expect("open");
-        let sm = StateMachine::open(db, &dir.path().join("snap"), 1000).expect("sm");
+        let sm = open(dir.path(), 1000);
         // Revisions 1..=4, with 3 puts each.
         let entries = (1..=4)
             .map(|rev| Entry {
