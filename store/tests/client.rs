@@ -4,11 +4,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use coxswain_store::client::{Peer, TxnAnswer};
-use coxswain_store::{Client, Consistency, Error, Kv, Member, MemberConfig, Txn, server};
+use coxswain_store::{
+    Client, Consistency, Error, Kv, Member, MemberConfig, Txn, TxnResult, server,
+};
 use serde_json::json;
 use tokio::sync::oneshot;
 
@@ -88,6 +92,80 @@ async fn concurrent_txns_of_one_client_share_requests_and_keep_their_own_revisio
         requests <= 16,
         "64 concurrent txns took {requests} HTTP requests"
     );
+}
+
+/// A stand-in member that answers every `POST /v1/txns` after `delay`, and records how many
+/// such requests it held at once.
+async fn slow_member(delay: Duration) -> (String, Arc<AtomicUsize>, oneshot::Sender<()>) {
+    let now = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let seen = most.clone();
+    let app = axum::Router::new().route(
+        "/v1/txns",
+        axum::routing::post(
+            move |axum::Json(bodies): axum::Json<Vec<serde_json::Value>>| {
+                let (now, most) = (now.clone(), most.clone());
+                async move {
+                    let n = now.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(n, Ordering::SeqCst);
+                    tokio::time::sleep(delay).await;
+                    now.fetch_sub(1, Ordering::SeqCst);
+                    let answer = TxnAnswer::Ok(TxnResult {
+                        succeeded: true,
+                        revision: 1,
+                        deleted: vec![],
+                    });
+                    axum::Json(vec![answer; bodies.len()])
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    (addr, seen, stop)
+}
+
+async fn put_all_at_once(client: &Client, calls: usize) {
+    let puts = (0..calls).map(|i| {
+        let client = client.clone();
+        async move {
+            client
+                .txn(Txn::put(
+                    format!("/core/ConfigMap/default/q{i}"),
+                    obj("q", "x"),
+                ))
+                .await
+        }
+    });
+    let results = tokio::time::timeout(Duration::from_secs(30), futures::future::join_all(puts))
+        .await
+        .expect("every call answered");
+    for r in results {
+        assert!(r.expect("answered").succeeded);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_queue_of_txns_gets_up_to_four_requests_out_and_a_short_one_two() {
+    let (addr, most, _stop) = slow_member(Duration::from_millis(300)).await;
+    // 16 callers: two go alone and the other 14 wait for one of them, as ever.
+    let client = Client::new(vec![addr.clone()], TOKEN);
+    put_all_at_once(&client, 16).await;
+    assert_eq!(most.swap(0, Ordering::SeqCst), 2);
+    // 600 callers: each time 64 wait, one more request takes them, up to four at once.
+    let client = Client::new(vec![addr], TOKEN);
+    put_all_at_once(&client, 600).await;
+    assert_eq!(most.load(Ordering::SeqCst), 4);
+    let requests = client.txn_requests();
+    assert!(requests <= 8, "600 txns took {requests} requests");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
