@@ -66,6 +66,10 @@ pub fn open(dir: &Path, memtable_budget: usize) -> Result<Arc<DB>> {
     opts.set_keep_log_file_num(3);
     // fsyncs are ours to decide (see log_store.rs); these keep RocksDB from adding more.
     opts.set_use_fsync(false);
+    // The state machine writes without the WAL (see `state_machine.rs`): its three families
+    // must then reach the disk together, or a crash could leave objects newer than the
+    // history or the applied id beside them.
+    opts.set_atomic_flush(true);
     let cache = Cache::new_lru_cache(BLOCK_CACHE);
     let cf_opts = |name: &str| {
         let mut table = BlockBasedOptions::default();
@@ -140,11 +144,24 @@ pub fn memtable_entries(db: &DB) -> Result<u64> {
 pub fn flush_memtables(db: &DB, wait: bool) -> Result<()> {
     let mut options = FlushOptions::default();
     options.set_wait(wait);
-    for name in CFS {
-        db.flush_cf_opt(cf(db, name)?, &options)
-            .map_err(Error::rocks("flush memtables"))?;
-    }
-    Ok(())
+    // One call for all families: with `atomic_flush` a call is one atomic flush, and the
+    // state machine's families must never reach the disk one without the others.
+    let families = CFS
+        .iter()
+        .map(|name| cf(db, name))
+        .collect::<Result<Vec<_>>>()?;
+    db.flush_cfs_opt(&families, &options)
+        .map_err(Error::rocks("flush memtables"))
+}
+
+/// Flushes the state machine's families (with `atomic_flush`, every family, as one) and
+/// waits: what the state machine has applied is then on disk without the WAL's help.
+pub fn flush_state_machine(db: &DB) -> Result<()> {
+    let families = [cf(db, CF_KV)?, cf(db, CF_HISTORY)?, cf(db, CF_SM_META)?];
+    let mut options = FlushOptions::default();
+    options.set_wait(true);
+    db.flush_cfs_opt(&families, &options)
+        .map_err(Error::rocks("flush the state machine"))
 }
 
 pub fn cf<'a>(db: &'a DB, name: &'static str) -> Result<&'a rocksdb::ColumnFamily> {

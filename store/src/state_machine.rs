@@ -350,7 +350,18 @@ impl Shared {
         } else {
             None
         };
-        self.db.write(batch).map_err(Error::rocks("apply"))?;
+        // Without the WAL: the log already holds every entry durably, so writing the same
+        // txns a second time to the WAL, and fsyncing them with the next append, only made
+        // each fsync larger (most of the WAL's bytes were objects and history). A crash
+        // loses what was applied since the last flush, and openraft applies it again from
+        // the log at start (`reapply_committed`, up to the saved committed id); a snapshot
+        // flushes first (`build_snapshot_blocking`), so the log is never purged past what is
+        // on disk here.
+        let mut unlogged = WriteOptions::default();
+        unlogged.disable_wal(true);
+        self.db
+            .write_opt(batch, &unlogged)
+            .map_err(Error::rocks("apply"))?;
         if let Some(c) = new_compacted {
             self.compacted.store(c, Ordering::SeqCst);
         }
@@ -657,6 +668,10 @@ impl Shared {
             }
         }
         w.finish().map_err(io)?;
+        // openraft purges the log up to this snapshot once it is built, and applies written
+        // without the WAL are only on disk once flushed: flushed now, everything applied so
+        // far (this snapshot's point and more) survives a crash without those entries.
+        crate::db::flush_state_machine(&self.db)?;
         let _guard = self.snap_lock.lock().unwrap_or_else(|p| p.into_inner());
         self.publish(&tmp)?;
         Ok(meta)
@@ -936,6 +951,40 @@ mod tests {
             (kv.value, kv.create_revision, kv.mod_revision),
             (serde_json::json!({"v": 3}), 11, 13)
         );
+    }
+
+    /// Applies skip the WAL, so only a flush puts them on disk; a snapshot, after which
+    /// openraft purges the log, must not return before that flush.
+    #[test]
+    fn applies_stay_in_memory_until_a_snapshot_flushes_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sm = open(dir.path(), 100);
+        let db = sm.shared.db.clone();
+        let wal_bytes = || -> u64 {
+            std::fs::read_dir(dir.path().join("db"))
+                .expect("read db dir")
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+                .map(|e| e.metadata().map_or(0, |m| m.len()))
+                .sum()
+        };
+        let before = wal_bytes();
+        let big = serde_json::json!({"data": "x".repeat(10_000)});
+        let entries = (1..=20)
+            .map(|i| entry(i, Txn::put(format!("/t/{i}"), big.clone())))
+            .collect();
+        sm.shared.apply_entries(entries).expect("apply");
+        // 200 KB of objects and as much history went to the memtables, none to the WAL.
+        assert!(
+            wal_bytes() < before + 10_000,
+            "the WAL grew from {before} to {} bytes",
+            wal_bytes()
+        );
+        assert!(crate::db::memtable_entries(&db).expect("entries") >= 40);
+        sm.shared.build_snapshot_blocking().expect("snapshot");
+        assert_eq!(crate::db::memtable_entries(&db).expect("entries"), 0);
+        let (_, kv) = sm.shared.get("/t/20").expect("get");
+        assert_eq!(kv.expect("written").mod_revision, 20);
     }
 
     /// A history read stops at the events bound as well as the revisions bound, at a
