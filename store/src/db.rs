@@ -154,8 +154,8 @@ pub fn flush_memtables(db: &DB, wait: bool) -> Result<()> {
         .map_err(Error::rocks("flush memtables"))
 }
 
-/// Flushes the state machine's families (with `atomic_flush`, every family, as one) and
-/// waits: what the state machine has applied is then on disk without the WAL's help.
+/// Flushes the state machine's three families in one atomic flush and waits: what the
+/// state machine has applied is then on disk without the WAL's help.
 pub fn flush_state_machine(db: &DB) -> Result<()> {
     let families = [cf(db, CF_KV)?, cf(db, CF_HISTORY)?, cf(db, CF_SM_META)?];
     let mut options = FlushOptions::default();
