@@ -533,8 +533,12 @@ fn a_failing_liveness_probe_restarts_the_container() {
         return;
     }
     let node = Node::new();
-    let script = format!("touch /tmp/healthy; sleep 1; rm /tmp/healthy; {SERVE}");
-    let mut c = container("main", &script);
+    // The trap is set before the file goes: the probe may fail and the worker send SIGTERM
+    // right after `rm`, and a shell that is PID 1 without a trap ignores it, so the grace
+    // period ended in SIGKILL (137) once, on a loaded machine.
+    let script = "trap 'exit 143' TERM; touch /tmp/healthy; sleep 1; rm /tmp/healthy; \
+                  sleep 1000 & wait";
+    let mut c = container("main", script);
     c["livenessProbe"] = json!({
         "exec": {"command": ["cat", "/tmp/healthy"]},
         "periodSeconds": 1,
