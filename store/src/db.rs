@@ -142,26 +142,31 @@ pub fn memtable_entries(db: &DB) -> Result<u64> {
 /// kept about 7 MiB of them after a few deploys (heaptrack, docs/benchmarks.md). Under load
 /// the budget still decides when they flush.
 pub fn flush_memtables(db: &DB, wait: bool) -> Result<()> {
-    let mut options = FlushOptions::default();
-    options.set_wait(wait);
-    // One call for all families: with `atomic_flush` a call is one atomic flush, and the
-    // state machine's families must never reach the disk one without the others.
-    let families = CFS
-        .iter()
-        .map(|name| cf(db, name))
-        .collect::<Result<Vec<_>>>()?;
-    db.flush_cfs_opt(&families, &options)
-        .map_err(Error::rocks("flush memtables"))
+    flush(db, &CFS, wait, "flush memtables")
 }
 
 /// Flushes the state machine's three families in one atomic flush and waits: what the
 /// state machine has applied is then on disk without the WAL's help.
 pub fn flush_state_machine(db: &DB) -> Result<()> {
-    let families = [cf(db, CF_KV)?, cf(db, CF_HISTORY)?, cf(db, CF_SM_META)?];
+    flush(
+        db,
+        &[CF_KV, CF_HISTORY, CF_SM_META],
+        true,
+        "flush the state machine",
+    )
+}
+
+/// One call for all of `names`: with `atomic_flush` a call is one atomic flush, and the
+/// state machine's families must never reach the disk one without the others.
+fn flush(db: &DB, names: &[&'static str], wait: bool, what: &'static str) -> Result<()> {
+    let families = names
+        .iter()
+        .map(|name| cf(db, name))
+        .collect::<Result<Vec<_>>>()?;
     let mut options = FlushOptions::default();
-    options.set_wait(true);
+    options.set_wait(wait);
     db.flush_cfs_opt(&families, &options)
-        .map_err(Error::rocks("flush the state machine"))
+        .map_err(Error::rocks(what))
 }
 
 pub fn cf<'a>(db: &'a DB, name: &'static str) -> Result<&'a rocksdb::ColumnFamily> {
@@ -190,19 +195,23 @@ pub fn from_be(bytes: &[u8]) -> Result<u64> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_memtable_budget_reaches_rocksdb_with_half_of_it_per_family() {
+    /// The options RocksDB runs with, from the OPTIONS-* file it writes beside a store
+    /// opened with `memtable_budget`.
+    fn options_file(memtable_budget: usize) -> String {
         let dir = tempfile::tempdir().expect("tempdir");
-        let db = open(dir.path(), 32 << 20).expect("open");
-        drop(db);
-        // RocksDB writes the options it runs with to an OPTIONS-* file in the folder.
-        let options = std::fs::read_dir(dir.path())
+        drop(open(dir.path(), memtable_budget).expect("open"));
+        std::fs::read_dir(dir.path())
             .expect("read dir")
             .filter_map(|e| e.ok())
             .filter(|e| e.file_name().to_string_lossy().starts_with("OPTIONS-"))
             .map(|e| std::fs::read_to_string(e.path()).expect("read OPTIONS"))
             .last()
-            .expect("an OPTIONS file");
+            .expect("an OPTIONS file")
+    }
+
+    #[test]
+    fn the_memtable_budget_reaches_rocksdb_with_half_of_it_per_family() {
+        let options = options_file(32 << 20);
         assert!(
             options.contains("db_write_buffer_size=33554432"),
             "{options}"
@@ -214,15 +223,7 @@ mod tests {
 
     #[test]
     fn only_the_object_family_has_a_bloom_filter() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        drop(open(dir.path(), DEFAULT_MEMTABLE_BUDGET).expect("open"));
-        let options = std::fs::read_dir(dir.path())
-            .expect("read dir")
-            .filter_map(|e| e.ok())
-            .filter(|e| e.file_name().to_string_lossy().starts_with("OPTIONS-"))
-            .map(|e| std::fs::read_to_string(e.path()).expect("read OPTIONS"))
-            .last()
-            .expect("an OPTIONS file");
+        let options = options_file(DEFAULT_MEMTABLE_BUDGET);
         // Each family's table options are a section `[TableOptions/BlockBasedTable "NAME"]`.
         let mut filters = Vec::new();
         for section in options.split("[TableOptions/BlockBasedTable \"").skip(1) {
