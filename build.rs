@@ -14,7 +14,7 @@
 //! list has and the build does not (after a change of code or toolchain) is skipped quietly;
 //! the binary is the same, only less compact, until the list is made again.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn main() {
@@ -22,7 +22,6 @@ fn main() {
     // that share a target directory share this script's binary too, and each must hand the
     // linker its own list.
     let root = std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default();
-    let list = Path::new(&root).join("src/hot-symbols.txt");
     println!("cargo::rerun-if-changed=src/hot-symbols.txt");
     println!("cargo::rerun-if-env-changed=COXSWAIN_NO_SYMBOL_ORDER");
     println!("cargo::rustc-check-cfg=cfg(rocksdb_statics_deferred)");
@@ -32,14 +31,18 @@ fn main() {
         return;
     }
     // In every profile, so that the tests, which run the debug binary, run this path too.
-    let statics = Path::new(&root).join("src/rocksdb-statics.ld");
     println!("cargo::rerun-if-changed=src/rocksdb-statics.ld");
+    let Some(statics) = copied(&root, "src/rocksdb-statics.ld") else {
+        return;
+    };
     println!("cargo::rustc-link-arg-bins=-Wl,-T,{}", statics.display());
     println!("cargo::rustc-cfg=rocksdb_statics_deferred");
     if !release {
         return;
     }
-    if list.is_file() && std::env::var_os("COXSWAIN_NO_SYMBOL_ORDER").is_none() {
+    if std::env::var_os("COXSWAIN_NO_SYMBOL_ORDER").is_none()
+        && let Some(list) = copied(&root, "src/hot-symbols.txt")
+    {
         println!(
             "cargo::rustc-link-arg-bins=-Wl,--symbol-ordering-file={}",
             list.display()
@@ -51,6 +54,24 @@ fn main() {
     // (DT_RELR) they take a few KB. The loader must know DT_RELR: glibc 2.36 and later.
     if host_glibc_at_least(2, 36) {
         println!("cargo::rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
+    }
+}
+
+/// A copy of the project's file `relative` in this build's `OUT_DIR`, for the linker to
+/// read. Not the file itself: cargo keeps this script's output across clones that share a
+/// target directory, and a path into one clone breaks every link once that clone is gone
+/// (CI's clone, removed after its run, did that). `None`, with a warning, when the file
+/// cannot be copied; the flags that need it are left out.
+fn copied(root: &std::ffi::OsStr, relative: &str) -> Option<PathBuf> {
+    let out = PathBuf::from(std::env::var_os("OUT_DIR")?);
+    let name = Path::new(relative).file_name()?;
+    let copy = out.join(name);
+    match std::fs::copy(Path::new(root).join(relative), &copy) {
+        Ok(_) => Some(copy),
+        Err(e) => {
+            println!("cargo::warning=cannot copy {relative} for the linker: {e}");
+            None
+        }
     }
 }
 
