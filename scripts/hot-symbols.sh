@@ -31,7 +31,7 @@ command -v valgrind >/dev/null || { echo "valgrind is needed: apt-get install va
 }
 
 WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
+trap 'umount -l "$WORK/run" 2>/dev/null; rm -rf "$WORK"' EXIT
 mkdir -p "$WORK/bin" "$WORK/out"
 cp "$BIN" "$WORK/coxswain"
 # The store benchmark starts the `coxswain` beside it, so the wrapper takes that name.
@@ -58,7 +58,7 @@ echo "==> store --quick --no-peer under callgrind" >&2
 # benchmarks do not have. Its own name, bridge and pod range, so it never meets a running coxswain.
 echo "==> up on examples-repo/ under callgrind" >&2
 "$WORK/bin/coxswain" up --repo "$ROOT" --path examples-repo --listen 127.0.0.1:0 \
-    --data "$WORK/up" --state-dir "$WORK/node" --name hot-symbols --bridge cxhot \
+    --data "$WORK/up" --state-dir "$WORK/node" --run-dir "$WORK/run" --name hot-symbols --bridge cxhot \
     --pod-cidr 10.126.250.0/24 > "$WORK/up.log" 2>&1 &
 UP=$!
 for _ in $(seq 180); do

@@ -20,7 +20,7 @@ use coxswain_node::net::BridgeConfig;
 use coxswain_node::pod::{NetProber, WorkerConfig};
 use coxswain_node::runtime::Runtime;
 use coxswain_node::runtime::linux::{
-    DEFAULT_WARM_LAYERS, DEFAULT_WARM_SANDBOXES, LinuxConfig, LinuxRuntime,
+    DEFAULT_WARM_LAYERS, DEFAULT_WARM_SANDBOXES, LinuxConfig, LinuxRuntime, prepare_run_dir,
 };
 use coxswain_node::volume::HostPathPolicy;
 use coxswain_store::{Client, Kv};
@@ -43,9 +43,14 @@ pub struct NodeArgs {
     /// The Node's name [default: the host name].
     #[arg(long)]
     name: Option<String>,
-    /// Where the runtime keeps its sandboxes, containers, logs and pod IPs.
+    /// Where the runtime keeps its data: the containers' writable layers, their logs and the
+    /// pods' volumes.
     #[arg(long, default_value = "/var/lib/coxswain/node")]
     state_dir: PathBuf,
+    /// Where the runtime keeps its records of sandboxes and containers and the pod IPs, all
+    /// of which die with the machine; a tmpfs is mounted there unless it is on one already.
+    #[arg(long, default_value = "/run/coxswain/node")]
+    run_dir: PathBuf,
     /// The node-wide image store.
     #[arg(long, default_value = "/var/lib/coxswain/images")]
     images: PathBuf,
@@ -174,9 +179,11 @@ impl Agent {
         }
 
         let launcher = std::env::current_exe().context("finding the coxswain binary")?;
+        prepare_run_dir(&args.run_dir).context("preparing the runtime's run dir")?;
         let runtime = Arc::new(
             LinuxRuntime::new(LinuxConfig {
                 state_dir: args.state_dir.clone(),
+                run_dir: args.run_dir.clone(),
                 launcher,
                 network: Some(BridgeConfig {
                     name: args.bridge.clone(),

@@ -40,6 +40,9 @@ pub struct Args {
     /// The agent's state dir (its --state-dir), where the logs live.
     #[arg(long, default_value = "/var/lib/coxswain/node")]
     state_dir: PathBuf,
+    /// The agent's run dir (its --run-dir), where `--follow` learns that a container ended.
+    #[arg(long, default_value = "/run/coxswain/node")]
+    run_dir: PathBuf,
 }
 
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
@@ -78,7 +81,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     };
     let mut out = io::stdout().lock();
     let result = if args.follow && !args.previous {
-        follow(&args.state_dir, &found, attempt, &live, &mut out)
+        follow(&args.run_dir, &found, attempt, &live, &mut out)
     } else {
         print_all(&live, &mut out)
     };
@@ -119,7 +122,7 @@ fn print_all(live: &Path, out: &mut impl Write) -> io::Result<()> {
 /// its rename, a window of one system call): printing restarts at its start too, and the
 /// copy that may show up at the next poll is not printed again.
 fn follow(
-    state_dir: &Path,
+    run_dir: &Path,
     found: &ContainerLogs,
     attempt: u32,
     live: &Path,
@@ -136,7 +139,7 @@ fn follow(
         Err(e) if e.kind() == ErrorKind::NotFound => return out.flush(),
         Err(e) => return Err(e),
     };
-    let exit_record = state_dir
+    let exit_record = run_dir
         .join("sandboxes")
         .join(&found.sandbox)
         .join(format!("{}.{attempt}", found.container))

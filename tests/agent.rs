@@ -77,7 +77,9 @@ fn agent(addr: &str, name: &str, state: &Path, bridge: &str, cidr: &str) -> Proc
             "0.2",
         ])
         .arg("--state-dir")
-        .arg(state);
+        .arg(state)
+        .arg("--run-dir")
+        .arg(common::run_dir(state));
     let p = Proc::spawn(cmd);
     p.wait_line("coxswain agent: node ");
     p
@@ -139,7 +141,10 @@ fn http_get(ip: &str) -> String {
 
 fn container_pid(state: &Path, key: &str) -> u32 {
     let rec: Value = serde_json::from_slice(
-        &std::fs::read(state.join(format!("sandboxes/{key}/web.0/container.json"))).unwrap(),
+        &std::fs::read(
+            common::run_dir(state).join(format!("sandboxes/{key}/web.0/container.json")),
+        )
+        .unwrap(),
     )
     .unwrap();
     rec["pid"].as_u64().unwrap() as u32
@@ -227,7 +232,10 @@ fn a_bound_pod_runs_survives_an_agent_restart_and_goes_with_its_deletion() {
     // Deleting the pod ends its processes and removes its sandbox.
     rt.block_on(client.txn(Txn::delete(key))).unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);
-    while state.path().join("sandboxes").join(sandbox).exists()
+    while common::run_dir(state.path())
+        .join("sandboxes")
+        .join(sandbox)
+        .exists()
         || Path::new(&format!("/proc/{pid}")).exists()
     {
         assert!(

@@ -16,6 +16,8 @@ fn logs(state: &Path, args: &[&str]) -> Output {
         .args(args)
         .arg("--state-dir")
         .arg(state)
+        .arg("--run-dir")
+        .arg(state.join("run"))
         .output()
         .unwrap()
 }
@@ -158,6 +160,8 @@ fn follow(state: &Path, pod: &str) -> Killed {
         Command::new(env!("CARGO_BIN_EXE_coxswain"))
             .args(["logs", pod, "-f", "--state-dir"])
             .arg(state)
+            .arg("--run-dir")
+            .arg(state.join("run"))
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -242,7 +246,7 @@ fn follow_stops_when_the_container_restarts_or_exits() {
     let mut child = follow(state, "web");
     let rx = lines_of(&mut child.0);
     assert_eq!(rx.recv_timeout(WAIT).unwrap(), "run 1");
-    let record = state.join("sandboxes/default_web_u1/app.1");
+    let record = state.join("run/sandboxes/default_web_u1/app.1");
     fs::create_dir_all(&record).unwrap();
     fs::write(record.join("exit.json"), "{}").unwrap();
     assert!(rx.recv_timeout(WAIT).is_err());

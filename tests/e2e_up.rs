@@ -120,7 +120,9 @@ fn sandbox_key(pod: &Value) -> String {
 
 /// The pid of the pod's httpd container (its first run's record is replaced on a restart).
 fn container_pid(state: &Path, pod: &Value) -> Option<i32> {
-    let dir = state.join("sandboxes").join(sandbox_key(pod));
+    let dir = common::run_dir(state)
+        .join("sandboxes")
+        .join(sandbox_key(pod));
     std::fs::read_dir(&dir)
         .ok()?
         .flatten()
@@ -287,6 +289,8 @@ fn a_committed_deployment_runs_rolls_heals_scales_and_goes_away() {
         .args(["--backoff-base", "0.2", "--metrics-period", "1"])
         .arg("--state-dir")
         .arg(&state)
+        .arg("--run-dir")
+        .arg(common::run_dir(&state))
         .stdout(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
     let stdout = child.stdout.take().unwrap();

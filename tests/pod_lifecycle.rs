@@ -90,6 +90,7 @@ impl Node {
         );
         let rt = LinuxRuntime::new(LinuxConfig {
             state_dir: state.path().to_owned(),
+            run_dir: state.path().join("run"),
             launcher: PathBuf::from(env!("CARGO_BIN_EXE_coxswain")),
             network: None,
             pids_max: Some(256),

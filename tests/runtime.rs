@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use coxswain_node::cgroup::Resources;
 use coxswain_node::image::ImageStore;
 use coxswain_node::net::BridgeConfig;
-use coxswain_node::runtime::linux::{LinuxConfig, LinuxRuntime};
+use coxswain_node::runtime::linux::{LinuxConfig, LinuxRuntime, prepare_run_dir};
 use coxswain_node::runtime::{
     BindMount, ContainerId, ContainerSpec, ContainerState, Rootfs, Runtime, Sandbox, SandboxSpec,
 };
@@ -42,6 +42,7 @@ fn runtime(
 ) -> LinuxRuntime {
     LinuxRuntime::new(LinuxConfig {
         state_dir: state.to_owned(),
+        run_dir: common::run_dir(state),
         launcher: PathBuf::from(env!("CARGO_BIN_EXE_coxswain")),
         network,
         pids_max: Some(256),
@@ -474,7 +475,10 @@ fn http_get(ip: Ipv4Addr, port: u16, timeout: Duration) -> String {
 /// The owner recorded for each allocated pod IP of a node's state dir.
 fn ipam_owners(state: &Path) -> Vec<(String, String)> {
     let mut owners = Vec::new();
-    for entry in std::fs::read_dir(state.join("ipam")).unwrap().flatten() {
+    for entry in std::fs::read_dir(common::run_dir(state).join("ipam"))
+        .unwrap()
+        .flatten()
+    {
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.parse::<Ipv4Addr>().is_ok() {
             let owner = std::fs::read_to_string(entry.path()).unwrap_or_default();
@@ -628,7 +632,7 @@ fn addresses_of_a_dead_agents_warm_sandboxes_are_freed_on_start() {
     };
     // What an agent killed with SIGKILL leaves: an address filed under a warm owner, and one
     // of a pod, which must stay.
-    let ipam = state.path().join("ipam");
+    let ipam = common::run_dir(state.path()).join("ipam");
     std::fs::create_dir_all(&ipam).unwrap();
     let base = u32::from(cidr.network());
     let (stale, pod) = (Ipv4Addr::from(base + 50), Ipv4Addr::from(base + 51));
@@ -706,12 +710,19 @@ fn a_container_on_a_warm_layer_gets_a_fresh_root_and_the_layer_goes_with_it() {
     );
     assert_eq!(node.log(&second), "mine\nrt-layer\n");
     assert_eq!(node.rt.layer_stats().unwrap().taken, 1);
-    let second_dir = state.join("sandboxes").join(&sb.key).join("second.0");
+    let second_dir = state
+        .join("containers")
+        .join(format!("{}.second.0", sb.key));
     assert_eq!(
         mounts_under(&second_dir),
         vec![second_dir.join("merged").to_string_lossy().into_owned()],
         "the taken layer is the container's root, mounted in its directory"
     );
+    let second_record = common::run_dir(&state)
+        .join("sandboxes")
+        .join(&sb.key)
+        .join("second.0");
+    assert!(second_record.join("container.json").exists());
     assert!(
         second_dir.join("upper/mine").exists(),
         "what the container wrote is in its own upper layer"
@@ -720,6 +731,7 @@ fn a_container_on_a_warm_layer_gets_a_fresh_root_and_the_layer_goes_with_it() {
     node.rt.remove_container(&second).unwrap();
     assert_eq!(mounts_under(&second_dir), Vec::<String>::new());
     assert!(!second_dir.exists());
+    assert!(!second_record.exists());
     assert!(
         wait_until(Duration::from_secs(10), || node
             .rt
@@ -761,4 +773,70 @@ fn warm_layers_a_dead_agent_left_are_unmounted_and_removed_on_start() {
     assert_eq!(mounts_under(state.path()), Vec::<String>::new());
     assert!(!stale.exists());
     drop(rt);
+}
+
+#[test]
+fn layers_of_containers_with_no_record_are_removed_on_start_and_the_others_kept() {
+    if !common::require_root(
+        "layers_of_containers_with_no_record_are_removed_on_start_and_the_others_kept",
+    ) {
+        return;
+    }
+    let state = tempfile::tempdir().unwrap();
+    // After a reboot the run dir's tmpfs is empty, but the layers on disk are still there;
+    // a container whose record survived (an agent restart) keeps its layer.
+    let containers = state.path().join("containers");
+    let kept = containers.join("default_web.v1_u1.app.0");
+    let orphan = containers.join("default_gone_u2.app.3");
+    for layer in [&kept, &orphan] {
+        std::fs::create_dir_all(layer.join("upper")).unwrap();
+        std::fs::write(layer.join("upper/data"), "written").unwrap();
+    }
+    let stray = containers.join("not-a-layer-name");
+    std::fs::create_dir_all(&stray).unwrap();
+    std::fs::create_dir_all(
+        common::run_dir(state.path()).join("sandboxes/default_web.v1_u1/app.0"),
+    )
+    .unwrap();
+    let rt = runtime(state.path(), None, 0, 0);
+    assert!(
+        kept.join("upper/data").exists(),
+        "a recorded container's layer stays"
+    );
+    assert!(!orphan.exists(), "a layer with no record goes");
+    assert!(!stray.exists(), "a name no container has goes");
+    drop(rt);
+}
+
+#[test]
+fn the_run_dir_gets_a_tmpfs_once_and_keeps_one_it_is_on() {
+    if !common::require_root("the_run_dir_gets_a_tmpfs_once_and_keeps_one_it_is_on") {
+        return;
+    }
+    let tmpfs = nix::sys::statfs::TMPFS_MAGIC;
+    let on_tmpfs = |p: &Path| nix::sys::statfs::statfs(p).unwrap().filesystem_type() == tmpfs;
+    // /var/tmp is on disk on a Debian machine like CI's; the test needs that to mean anything.
+    let parent = tempfile::tempdir_in("/var/tmp").unwrap();
+    assert!(!on_tmpfs(parent.path()), "/var/tmp is on disk here");
+    let run = parent.path().join("run");
+    assert!(
+        prepare_run_dir(&run).unwrap(),
+        "a tmpfs is mounted on a run dir on disk"
+    );
+    let _unmount = Unmount(run.clone());
+    assert!(on_tmpfs(&run));
+    assert!(
+        !prepare_run_dir(&run).unwrap(),
+        "an agent that restarts finds its tmpfs (and its records) and mounts no second one"
+    );
+    assert_eq!(mounts_under(parent.path()).len(), 1);
+}
+
+/// Unmounts a test's tmpfs, also when the test fails.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
 }

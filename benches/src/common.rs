@@ -1,5 +1,6 @@
 //! Small pieces every benchmark uses: milliseconds for reports, the progress bar, the list
-//! of files a generated repository holds, and waiting for a started server's line.
+//! of files a generated repository holds, waiting for a started server's line, and
+//! unmounting an agent's run dir.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -71,5 +72,17 @@ pub fn wait_line(child: &mut Child, want: &str) -> anyhow::Result<String> {
             });
             return Ok(addr);
         }
+    }
+}
+
+/// Unmounts what a `coxswain agent` or `coxswain up` mounted at its `--run-dir` (a tmpfs it
+/// leaves in place for the agent that follows), so the temp dir holding it can be removed.
+/// Declare it after the temp dir, so it drops first.
+pub struct RunDirMount(pub PathBuf);
+
+impl Drop for RunDirMount {
+    fn drop(&mut self) {
+        // EINVAL: nothing is mounted there (the process never got that far).
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
     }
 }

@@ -21,7 +21,7 @@ use coxswain_store::{Client, Consistency, Kv};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::common::{bar, ms};
+use crate::common::{RunDirMount, bar, ms};
 use crate::rss::Rss;
 
 #[derive(Debug, clap::Args)]
@@ -240,6 +240,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         );
     }
     let tmp = tempfile::tempdir().context("a temporary folder")?;
+    let run_dir = RunDirMount(tmp.path().join("run"));
     let repo = tmp.path().join("repo");
     let data = tmp.path().join("data");
     std::fs::create_dir_all(repo.join("deploy")).context("creating the repository")?;
@@ -276,6 +277,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         .args(["--pod-cidr", &format!("10.127.{}.0/24", tag % 250)])
         .arg("--state-dir")
         .arg(tmp.path().join("node"))
+        .arg("--run-dir")
+        .arg(&run_dir.0)
         .stdout(Stdio::piped())
         // Its warnings (a slow write, a failed probe) explain an outlier; they are rare.
         .stderr(Stdio::inherit())

@@ -29,7 +29,7 @@ use coxswain_node::cgroup::{CgroupVersion, Resources};
 use coxswain_node::image::{DEFAULT_ROOT, ImageStore};
 use coxswain_node::net::{self, BridgeConfig};
 use coxswain_node::runtime::linux::{
-    DEFAULT_WARM_LAYERS, DEFAULT_WARM_SANDBOXES, LinuxConfig, LinuxRuntime,
+    DEFAULT_WARM_LAYERS, DEFAULT_WARM_SANDBOXES, LinuxConfig, LinuxRuntime, prepare_run_dir,
 };
 use coxswain_node::runtime::{
     ContainerId, ContainerSpec, Rootfs, Runtime, Sandbox, SandboxSpec, launcher, sandbox_key,
@@ -38,7 +38,7 @@ use indicatif::ProgressBar;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::common::{bar, ms, wait_line};
+use crate::common::{RunDirMount, bar, ms, wait_line};
 use crate::rss::Rss;
 use crate::store::{TOKEN, start_coxswain};
 
@@ -259,8 +259,32 @@ struct Node {
     live: Mutex<Vec<String>>,
     /// First attempts of `stop_sandbox` that failed (and were retried), with the error.
     stop_failures: Mutex<Vec<String>>,
+    /// Unmounted after the runtime is gone, before the state dir that holds it goes.
+    _run: RunDir,
     /// Declared last: removed after the runtime (and its launcher) are gone.
     _state: tempfile::TempDir,
+}
+
+/// The runtime's run dir, a tmpfs as the agent has it ([`prepare_run_dir`]), unmounted when
+/// the bench is done with it.
+#[derive(Debug)]
+struct RunDir(PathBuf, bool);
+
+impl RunDir {
+    fn prepare(dir: PathBuf) -> anyhow::Result<RunDir> {
+        let mounted = prepare_run_dir(&dir).context("preparing the runtime's run dir")?;
+        Ok(RunDir(dir, mounted))
+    }
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        if self.1
+            && let Err(e) = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH)
+        {
+            eprintln!("cleanup: unmounting {}: {e}", self.0.display());
+        }
+    }
 }
 
 /// One pod start: when it began and how long each call took.
@@ -286,8 +310,10 @@ impl Node {
         warm_layers: usize,
     ) -> anyhow::Result<Node> {
         let state = tempfile::tempdir().context("creating the runtime's state dir")?;
+        let run = RunDir::prepare(state.path().join("run"))?;
         let rt = LinuxRuntime::new(LinuxConfig {
             state_dir: state.path().to_owned(),
+            run_dir: run.0.clone(),
             launcher: launcher.to_owned(),
             network: Some(network),
             // A bound like a node's `podPidsLimit`, so the pids controller is configured as
@@ -327,6 +353,7 @@ impl Node {
             warm_layers,
             live: Mutex::new(Vec::new()),
             stop_failures: Mutex::new(Vec::new()),
+            _run: run,
             _state: state,
         })
     }
@@ -777,6 +804,7 @@ impl Drop for ChildGuard {
 fn agent_idle_rss(coxswain: &Path, hidden: bool) -> anyhow::Result<Rss> {
     let pb = bar(1, "agent idle RSS", hidden);
     let dir = tempfile::tempdir().context("making a temp dir")?;
+    let run = RunDirMount(dir.path().join("run"));
     let server = start_coxswain(coxswain, dir.path(), 1)?;
     let address = server.addrs.first().cloned().unwrap_or_default();
 
@@ -790,6 +818,8 @@ fn agent_idle_rss(coxswain: &Path, hidden: bool) -> anyhow::Result<Rss> {
         .args(["--pod-cidr", &format!("10.125.{}.0/24", pid % 250)])
         .arg("--state-dir")
         .arg(dir.path().join("node"))
+        .arg("--run-dir")
+        .arg(&run.0)
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
     let mut agent = ChildGuard(agent.spawn().context("starting coxswain agent")?);

@@ -11,9 +11,16 @@ use serde_json::Value;
 mod support;
 pub use support::require_root;
 
-/// Kills what a test's pods left behind and removes its bridge, also when the test panics:
-/// pod processes outlive their agent by design, so a failed run would otherwise leave a
-/// sandbox (and its veth, whose name is derived from the pod) to break the next run.
+/// The run dir these tests give a runtime with state dir `state` (the agent's `--run-dir`).
+/// A spawned agent mounts a tmpfs there, which [`Leftovers`] unmounts.
+pub fn run_dir(state: &Path) -> PathBuf {
+    state.join("run")
+}
+
+/// Kills what a test's pods left behind, unmounts the run dir's tmpfs and removes its
+/// bridge, also when the test panics: pod processes outlive their agent by design, so a
+/// failed run would otherwise leave a sandbox (and its veth, whose name is derived from the
+/// pod) to break the next run.
 pub struct Leftovers {
     pub state: PathBuf,
     pub bridge: String,
@@ -27,6 +34,8 @@ impl Drop for Leftovers {
                 nix::sys::signal::Signal::SIGKILL,
             );
         }
+        // EINVAL when nothing is mounted there (a runtime in the test's own process).
+        let _ = nix::mount::umount2(&run_dir(&self.state), nix::mount::MntFlags::MNT_DETACH);
         let _ = coxswain_node::net::teardown(&self.bridge);
     }
 }
@@ -40,7 +49,7 @@ pub fn pid_in(path: &Path, pointer: &str) -> Option<i32> {
 /// Every sandbox holder and container pid the runtime has on record under `state`.
 pub fn all_pids(state: &Path) -> Vec<i32> {
     let mut pids = Vec::new();
-    for sandbox in std::fs::read_dir(state.join("sandboxes"))
+    for sandbox in std::fs::read_dir(run_dir(state).join("sandboxes"))
         .into_iter()
         .flatten()
         .flatten()
