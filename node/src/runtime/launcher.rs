@@ -558,15 +558,12 @@ fn step<T>(what: &str, r: nix::Result<T>) -> Result<T, String> {
     r.map_err(|e| format!("{what}: {e}"))
 }
 
-/// A container log's mode: the owner writes, its group may read.
-pub const LOG_MODE: u32 = 0o640;
-
 fn build_container(req: &ContainerLaunch, err_w: &OwnedFd) -> Result<Never, String> {
     // Opened while the host's filesystem is still in view; after the pivot it is not.
     let log = OpenOptions::new()
         .append(true)
         .create(true)
-        .mode(LOG_MODE)
+        .mode(0o640)
         .custom_flags(libc_o_cloexec())
         .open(&req.log)
         .map_err(|e| format!("open log {}: {e}", req.log.display()))?;

@@ -37,7 +37,6 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -557,30 +556,11 @@ fn make_layer_dirs(dir: &Path) -> Result<()> {
 /// Numbers warm layers apart within one agent process.
 static LAYER_SEQ: AtomicU64 = AtomicU64::new(0);
 
-/// The spare inodes a warm layer carries for its container's log: the pod's log directory,
-/// the container's, and the log file. They are made with the layer, off a pod's start, and
-/// renamed into place at the start (see [`place_log`]): on ext4 without a journal a new
-/// inode costs a walk over the recently freed ones (see the module's doc), a rename does not.
-const SPARE_LOG_DIRS: [&str; 2] = ["spare-log-dir-0", "spare-log-dir-1"];
-const SPARE_LOG_FILE: &str = "spare-log";
-
-/// Makes one warm layer over `image` in `dir`: its directories, the spares for its log and
-/// the overlay at `merged`.
+/// Makes one warm layer over `image` in `dir`: its directories and the overlay at `merged`.
 fn make_layer(dir: &Path, image: &Path) -> Result<PathBuf> {
     let layer = dir.join(LAYER_SEQ.fetch_add(1, Ordering::Relaxed).to_string());
     let made = (|| -> Result<()> {
         make_layer_dirs(&layer)?;
-        for spare in SPARE_LOG_DIRS {
-            let path = layer.join(spare);
-            fs::create_dir(&path).map_err(Error::io("create a spare log dir", &path))?;
-        }
-        let file = layer.join(SPARE_LOG_FILE);
-        fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(launcher::LOG_MODE)
-            .open(&file)
-            .map_err(Error::io("create a spare log file", &file))?;
         let options = rootfs::overlay_options(image, &layer);
         mount(
             Some("overlay"),
@@ -631,38 +611,6 @@ fn remove_stale_layers(dir: &Path) -> Result<()> {
         let layer = entry.path();
         unmount_layer(&layer);
         fs::remove_dir_all(&layer).map_err(Error::io("remove a stale warm layer", &layer))?;
-    }
-    Ok(())
-}
-
-/// Makes `log`'s directories and the file itself, empty, from the spares of a warm `layer`
-/// where it can (a rename each), otherwise anew. Never replaces anything: a rename that
-/// finds its target there (`RENAME_NOREPLACE`) means another start made it first, which is
-/// as good. Spares left over go with the layer.
-fn place_log(log: &Path, layer: Option<&Path>) -> Result<()> {
-    let (Some(dir), Some(pod_dir)) = (log.parent(), log.parent().and_then(Path::parent)) else {
-        return Ok(());
-    };
-    let from_spare = |spare: &str, target: &Path| {
-        layer.is_some_and(|l| {
-            nix::fcntl::renameat2(
-                nix::fcntl::AT_FDCWD,
-                &l.join(spare),
-                nix::fcntl::AT_FDCWD,
-                target,
-                nix::fcntl::RenameFlags::RENAME_NOREPLACE,
-            )
-            .is_ok()
-        })
-    };
-    for (spare, target) in SPARE_LOG_DIRS.iter().zip([pod_dir, dir]) {
-        if !target.is_dir() && !from_spare(spare, target) {
-            fs::create_dir_all(target).map_err(Error::io("create log dir", target))?;
-        }
-    }
-    // The launcher opens the log with O_CREAT, so a file not placed here is made there.
-    if !log.exists() {
-        from_spare(SPARE_LOG_FILE, log);
     }
     Ok(())
 }
@@ -1072,7 +1020,9 @@ impl Runtime for LinuxRuntime {
             return Err(e);
         }
         let log = self.log_path(&id);
-        place_log(&log, premounted.then_some(layer.as_path()))?;
+        if let Some(parent) = log.parent() {
+            fs::create_dir_all(parent).map_err(Error::io("create log dir", parent))?;
+        }
         let mut resources = spec.resources;
         resources.pids_max = resources.pids_max.or(self.cfg.pids_max);
         let procs = self.cgroup_create(&container_cgroup(&id), &resources)?;
@@ -1380,57 +1330,6 @@ mod tests {
         for bad in ["app.12", "a.b.x", "noattempt", ""] {
             assert_eq!(parse_layer_name(bad), None, "{bad}");
         }
-    }
-
-    /// A layer dir with the spares `make_layer` gives one.
-    fn layer_with_spares(root: &Path, name: &str) -> PathBuf {
-        let layer = root.join(name);
-        for spare in SPARE_LOG_DIRS {
-            fs::create_dir_all(layer.join(spare)).unwrap();
-        }
-        fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(launcher::LOG_MODE)
-            .open(layer.join(SPARE_LOG_FILE))
-            .unwrap();
-        layer
-    }
-
-    #[test]
-    fn a_log_is_placed_from_a_layers_spares_and_never_over_what_is_there() {
-        use std::os::unix::fs::PermissionsExt;
-        let root = tempfile::tempdir().unwrap();
-        let logs = root.path().join("logs");
-        fs::create_dir(&logs).unwrap();
-        // The pod's first container: both directories and the file come from the spares.
-        let first = layer_with_spares(root.path(), "l0");
-        let log = logs.join("ns_p_u/app/0.log");
-        place_log(&log, Some(&first)).unwrap();
-        assert!(log.is_file());
-        let mode = fs::metadata(&log).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, launcher::LOG_MODE);
-        assert!(
-            fs::read_dir(&first).unwrap().next().is_none(),
-            "every spare was used"
-        );
-        // Its restart: the directories are there; only the file is taken.
-        fs::write(&log, "run 0\n").unwrap();
-        let second = layer_with_spares(root.path(), "l1");
-        place_log(&logs.join("ns_p_u/app/1.log"), Some(&second)).unwrap();
-        assert!(logs.join("ns_p_u/app/1.log").is_file());
-        assert!(second.join(SPARE_LOG_DIRS[0]).is_dir());
-        assert!(!second.join(SPARE_LOG_FILE).exists());
-        // A log already there is never replaced.
-        let third = layer_with_spares(root.path(), "l2");
-        place_log(&log, Some(&third)).unwrap();
-        assert_eq!(fs::read_to_string(&log).unwrap(), "run 0\n");
-        assert!(third.join(SPARE_LOG_FILE).exists());
-        // Without a warm layer the directories are made and the file left to the launcher.
-        let cold = logs.join("ns_q_u/web/0.log");
-        place_log(&cold, None).unwrap();
-        assert!(cold.parent().unwrap().is_dir());
-        assert!(!cold.exists());
     }
 
     #[test]
