@@ -7,6 +7,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpStream};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -830,6 +831,14 @@ fn the_run_dir_gets_a_tmpfs_once_and_keeps_one_it_is_on() {
         "an agent that restarts finds its tmpfs (and its records) and mounts no second one"
     );
     assert_eq!(mounts_under(parent.path()).len(), 1);
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&run), 0o700, "container records are root's alone");
+    // A run dir on a tmpfs already (as /run is under systemd) gets no mount, and the same mode.
+    let shm = tempfile::tempdir_in("/dev/shm").unwrap();
+    let run = shm.path().join("run");
+    assert!(!prepare_run_dir(&run).unwrap());
+    assert_eq!(mounts_under(shm.path()), Vec::<String>::new());
+    assert_eq!(mode(&run), 0o700);
 }
 
 /// Unmounts a test's tmpfs, also when the test fails.

@@ -112,6 +112,11 @@ pub fn prepare_run_dir(dir: &Path) -> Result<bool> {
         dir.display()
     )))?;
     if on.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC {
+        // Root's alone, as the tmpfs mounted below is: a container's record holds its
+        // environment, which may carry a secret's value.
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+            .map_err(Error::io("make the run dir root's alone", dir))?;
         return Ok(false);
     }
     mount(
