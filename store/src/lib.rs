@@ -12,7 +12,8 @@
 //! - `member.rs`: one running member and the `Kv` trait (get, list, txn, watch);
 //! - `batcher.rs`: packs concurrent txns into one entry; `watch.rs`: ordered watch streams;
 //! - `network.rs`, `server.rs`, `client.rs`: the internal HTTP RPC and the network client;
-//!   `outbox.rs`: the client's concurrent txns sharing HTTP requests;
+//!   `outbox.rs`: the client's concurrent txns sharing HTTP requests; `fast_json.rs`: request
+//!   bodies read without axum's per-field path tracking;
 //! - `cluster_id.rs`: the cluster's identity, checked on every Raft message;
 //! - `error.rs`: the crate's one error enum.
 
@@ -21,6 +22,7 @@ pub mod client;
 pub mod cluster_id;
 pub mod db;
 pub mod error;
+mod fast_json;
 pub mod log_store;
 pub mod member;
 pub mod network;

@@ -25,6 +25,7 @@ use crate::client::{
 };
 use crate::cluster_id;
 use crate::error::Error;
+use crate::fast_json::FastJson;
 use crate::member::{Kv, Member};
 use crate::types::{NodeId, Txn, TypeConfig};
 
@@ -117,7 +118,7 @@ fn cluster_of(headers: &HeaderMap) -> Option<&str> {
 async fn append(
     State(m): State<Member>,
     headers: HeaderMap,
-    Json(req): Json<AppendEntriesRequest<TypeConfig>>,
+    FastJson(req): FastJson<AppendEntriesRequest<TypeConfig>>,
 ) -> Result<impl IntoResponse, ApiError> {
     m.check_cluster(cluster_of(&headers), true)?;
     Ok(raft_answer(m.raft().append_entries(req).await))
@@ -126,7 +127,7 @@ async fn append(
 async fn vote(
     State(m): State<Member>,
     headers: HeaderMap,
-    Json(req): Json<VoteRequest<NodeId>>,
+    FastJson(req): FastJson<VoteRequest<NodeId>>,
 ) -> Result<impl IntoResponse, ApiError> {
     // A vote request never makes a member adopt an id: only a leader's messages do.
     m.check_cluster(cluster_of(&headers), false)?;
@@ -136,18 +137,24 @@ async fn vote(
 async fn snapshot(
     State(m): State<Member>,
     headers: HeaderMap,
-    Json(req): Json<InstallSnapshotRequest<TypeConfig>>,
+    FastJson(req): FastJson<InstallSnapshotRequest<TypeConfig>>,
 ) -> Result<impl IntoResponse, ApiError> {
     m.check_cluster(cluster_of(&headers), true)?;
     Ok(raft_answer(m.raft().install_snapshot(req).await))
 }
 
-async fn get_key(State(m): State<Member>, Json(req): Json<GetRequest>) -> ApiResult<GetResponse> {
+async fn get_key(
+    State(m): State<Member>,
+    FastJson(req): FastJson<GetRequest>,
+) -> ApiResult<GetResponse> {
     let (revision, kv) = m.get(&req.key, req.consistency).await?;
     Ok(Json(GetResponse { revision, kv }))
 }
 
-async fn list(State(m): State<Member>, Json(req): Json<ListRequest>) -> ApiResult<crate::ListPage> {
+async fn list(
+    State(m): State<Member>,
+    FastJson(req): FastJson<ListRequest>,
+) -> ApiResult<crate::ListPage> {
     Ok(Json(
         m.list(
             &req.prefix,
@@ -159,7 +166,7 @@ async fn list(State(m): State<Member>, Json(req): Json<ListRequest>) -> ApiResul
     ))
 }
 
-async fn txn(State(m): State<Member>, Json(req): Json<Txn>) -> ApiResult<crate::TxnResult> {
+async fn txn(State(m): State<Member>, FastJson(req): FastJson<Txn>) -> ApiResult<crate::TxnResult> {
     Ok(Json(m.txn(req).await?))
 }
 
@@ -169,7 +176,10 @@ const MAX_TXNS_PER_REQUEST: usize = 1024;
 /// Several independent txns in one request: each is checked, proposed and answered as if it
 /// had come alone to `/v1/txn`, so one bad txn fails only itself. They are handed to the
 /// batcher in the request's order and wait together.
-async fn txns(State(m): State<Member>, Json(req): Json<Vec<Txn>>) -> ApiResult<Vec<TxnAnswer>> {
+async fn txns(
+    State(m): State<Member>,
+    FastJson(req): FastJson<Vec<Txn>>,
+) -> ApiResult<Vec<TxnAnswer>> {
     if req.len() > MAX_TXNS_PER_REQUEST {
         return Err(Error::TooManyTxns {
             count: req.len(),
@@ -185,7 +195,7 @@ async fn txns(State(m): State<Member>, Json(req): Json<Vec<Txn>>) -> ApiResult<V
 
 async fn watch(
     State(m): State<Member>,
-    Json(req): Json<WatchRequest>,
+    FastJson(req): FastJson<WatchRequest>,
 ) -> Result<Response, ApiError> {
     let stream = m.watch(&req.prefix, req.from, req.prev).await?;
     let lines = tokio_stream::wrappers::ReceiverStream::new(stream).map(|item| {
@@ -203,7 +213,10 @@ async fn watch(
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()))
 }
 
-async fn join(State(m): State<Member>, Json(req): Json<JoinRequest>) -> ApiResult<JoinResponse> {
+async fn join(
+    State(m): State<Member>,
+    FastJson(req): FastJson<JoinRequest>,
+) -> ApiResult<JoinResponse> {
     m.add_member(req.id, &req.addr).await?;
     Ok(Json(JoinResponse {
         cluster: m.cluster_id().map(str::to_string),
@@ -215,7 +228,7 @@ struct RemoveRequest {
     id: NodeId,
 }
 
-async fn remove(State(m): State<Member>, Json(req): Json<RemoveRequest>) -> ApiResult<()> {
+async fn remove(State(m): State<Member>, FastJson(req): FastJson<RemoveRequest>) -> ApiResult<()> {
     m.remove_member(req.id).await?;
     Ok(Json(()))
 }
