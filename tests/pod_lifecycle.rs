@@ -534,14 +534,15 @@ fn a_failing_liveness_probe_restarts_the_container() {
         return;
     }
     let node = Node::new();
-    // The trap is set before the file goes: the probe may fail and the worker send SIGTERM
-    // right after `rm`, and a shell that is PID 1 without a trap ignores it, so the grace
-    // period ended in SIGKILL (137) once, on a loaded machine.
-    let script = "trap 'exit 143' TERM; touch /tmp/healthy; sleep 1; rm /tmp/healthy; \
-                  sleep 1000 & wait";
+    // The probe fails once a file appears, not while one is missing: the first probe runs
+    // as soon as the container does, and on a loaded machine it once came before the
+    // shell had made a "healthy" file (a restart after 62 ms). The trap is set first: the
+    // worker may send SIGTERM right after the file appears, and a shell that is PID 1
+    // without a trap ignores it, so the grace period ended in SIGKILL (137) once.
+    let script = "trap 'exit 143' TERM; sleep 1; touch /tmp/unhealthy; sleep 1000 & wait";
     let mut c = container("main", script);
     c["livenessProbe"] = json!({
-        "exec": {"command": ["cat", "/tmp/healthy"]},
+        "exec": {"command": ["sh", "-c", "test ! -e /tmp/unhealthy"]},
         "periodSeconds": 1,
         "failureThreshold": 1,
     });
@@ -558,7 +559,7 @@ fn a_failing_liveness_probe_restarts_the_container() {
     });
     let lived = running.elapsed();
     let cs = app(&r.status, "main");
-    // It was healthy while the file was there: the restart came after the removal.
+    // It was healthy until the file appeared: the restart came after that.
     assert!(
         lived >= Duration::from_millis(900),
         "restarted after {lived:?}: {cs:#?}"
