@@ -75,9 +75,10 @@ pub fn wait_line(child: &mut Child, want: &str) -> anyhow::Result<String> {
     }
 }
 
-/// Unmounts what a `coxswain agent` or `coxswain up` mounted at its `--run-dir` (a tmpfs it
-/// leaves in place for the agent that follows), so the temp dir holding it can be removed.
-/// Declare it after the temp dir, so it drops first.
+/// Unmounts what a `coxswain agent`, `coxswain up` or `prepare_run_dir` mounted at a run dir
+/// (a tmpfs left in place for the agent that follows), so the temp dir holding it can be
+/// removed. Declare it after the temp dir, so it drops first.
+#[derive(Debug)]
 pub struct RunDirMount(pub PathBuf);
 
 impl Drop for RunDirMount {

@@ -260,31 +260,9 @@ struct Node {
     /// First attempts of `stop_sandbox` that failed (and were retried), with the error.
     stop_failures: Mutex<Vec<String>>,
     /// Unmounted after the runtime is gone, before the state dir that holds it goes.
-    _run: RunDir,
+    _run: RunDirMount,
     /// Declared last: removed after the runtime (and its launcher) are gone.
     _state: tempfile::TempDir,
-}
-
-/// The runtime's run dir, a tmpfs as the agent has it ([`prepare_run_dir`]), unmounted when
-/// the bench is done with it.
-#[derive(Debug)]
-struct RunDir(PathBuf, bool);
-
-impl RunDir {
-    fn prepare(dir: PathBuf) -> anyhow::Result<RunDir> {
-        let mounted = prepare_run_dir(&dir).context("preparing the runtime's run dir")?;
-        Ok(RunDir(dir, mounted))
-    }
-}
-
-impl Drop for RunDir {
-    fn drop(&mut self) {
-        if self.1
-            && let Err(e) = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH)
-        {
-            eprintln!("cleanup: unmounting {}: {e}", self.0.display());
-        }
-    }
 }
 
 /// One pod start: when it began and how long each call took.
@@ -310,7 +288,9 @@ impl Node {
         warm_layers: usize,
     ) -> anyhow::Result<Node> {
         let state = tempfile::tempdir().context("creating the runtime's state dir")?;
-        let run = RunDir::prepare(state.path().join("run"))?;
+        // A tmpfs, as the agent has it.
+        let run = RunDirMount(state.path().join("run"));
+        prepare_run_dir(&run.0).context("preparing the runtime's run dir")?;
         let rt = LinuxRuntime::new(LinuxConfig {
             state_dir: state.path().to_owned(),
             run_dir: run.0.clone(),

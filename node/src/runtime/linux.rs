@@ -611,13 +611,7 @@ fn destroy_layer(layer: &Path) {
 /// Removes the warm layers an earlier agent left: nothing took them, and their overlays may
 /// still be mounted.
 fn remove_stale_layers(dir: &Path) -> Result<()> {
-    for entry in fs::read_dir(dir).map_err(Error::io("read", dir))? {
-        let entry = entry.map_err(Error::io("read", dir))?;
-        let layer = entry.path();
-        unmount_layer(&layer);
-        fs::remove_dir_all(&layer).map_err(Error::io("remove a stale warm layer", &layer))?;
-    }
-    Ok(())
+    remove_layers(dir, "remove a stale warm layer", |_| false)
 }
 
 /// Removes the layers of containers the run dir has no record of: after a reboot emptied
@@ -625,20 +619,32 @@ fn remove_stale_layers(dir: &Path) -> Result<()> {
 /// container whose layer was taken but whose record dir is gone is gone too: the record dir
 /// is made before the layer is taken and removed after it.
 fn remove_orphan_container_layers(cfg: &LinuxConfig) -> Result<()> {
-    let dir = cfg.state_dir.join("containers");
-    for entry in fs::read_dir(&dir).map_err(Error::io("read", &dir))? {
-        let entry = entry.map_err(Error::io("read", &dir))?;
-        let recorded = entry
-            .file_name()
-            .to_str()
-            .and_then(parse_layer_name)
-            .is_some_and(|id| container_dir(cfg, &id).is_dir());
-        if !recorded {
-            let layer = entry.path();
-            tracing::info!(layer = %layer.display(), "removing the layer of a container with no record");
-            unmount_layer(&layer);
-            fs::remove_dir_all(&layer).map_err(Error::io("remove an orphan layer", &layer))?;
+    remove_layers(
+        &cfg.state_dir.join("containers"),
+        "remove the layer of a container with no record",
+        |name| {
+            name.to_str()
+                .and_then(parse_layer_name)
+                .is_some_and(|id| container_dir(cfg, &id).is_dir())
+        },
+    )
+}
+
+/// Unmounts and removes each layer in `dir` whose name `keep` does not want.
+fn remove_layers(
+    dir: &Path,
+    what: &'static str,
+    keep: impl Fn(&std::ffi::OsStr) -> bool,
+) -> Result<()> {
+    for entry in fs::read_dir(dir).map_err(Error::io("read", dir))? {
+        let entry = entry.map_err(Error::io("read", dir))?;
+        if keep(&entry.file_name()) {
+            continue;
         }
+        let layer = entry.path();
+        tracing::info!(layer = %layer.display(), "{what}");
+        unmount_layer(&layer);
+        fs::remove_dir_all(&layer).map_err(Error::io(what, &layer))?;
     }
     Ok(())
 }
