@@ -446,7 +446,8 @@ fn a_crash_loop_backs_off_doubling_from_the_base_up_to_the_max() {
     // takes to end is not the back-off's doing (on a busy host, the very first container's
     // exit can take seconds, flushing its overlay's writes).
     // starts[k]: the sync in which attempt k was first seen (restartCount k);
-    // exits[k]: the sync in which attempt k was first seen ended (waiting, or replaced).
+    // exits[k]: the sync in which attempt k was first seen ended (terminated, waiting, or
+    // replaced).
     let mut starts: Vec<Instant> = Vec::new();
     let mut exits: Vec<Instant> = Vec::new();
     // crash_loop[k]: CrashLoopBackOff was shown while attempt k was the latest.
@@ -471,11 +472,15 @@ fn a_crash_loop_backs_off_doubling_from_the_base_up_to_the_max() {
             "one sync restarts at most once: seen {} starts, restartCount {count}",
             starts.len()
         );
+        // A container that ends at once can be seen ended by the very sync that started it,
+        // which then shows it terminated; the back-off counts from that sync.
+        let ended =
+            waiting(&cs).is_some() || cs.state.as_ref().is_some_and(|s| s.terminated.is_some());
+        if ended && exits.len() == count {
+            exits.push(now);
+        }
         if let Some((reason, message)) = waiting(&cs) {
             assert_eq!(reason, "CrashLoopBackOff", "{cs:#?}");
-            if exits.len() == count {
-                exits.push(now);
-            }
             crash_loop[count] = true;
             messages.insert(message);
         }

@@ -431,6 +431,37 @@ fn an_escaping_working_dir_is_refused() {
     assert!(err.contains("workingDir") && err.contains(".."), "{err}");
 }
 
+/// The container's PID 1 runs on the shim's memory until its exec (`spawn_init`): one whose
+/// exec fails reports why (its fds already closed, nothing may close them again), and leaves
+/// the launcher able to start the next.
+#[test]
+fn a_program_missing_from_the_image_fails_the_start_and_the_next_one_starts() {
+    if !common::require_root(
+        "a_program_missing_from_the_image_fails_the_start_and_the_next_one_starts",
+    ) {
+        return;
+    }
+    let node = Node::new(false);
+    let sb = node.sandbox("rt-noprog", false);
+    let mut missing = node.spec("missing", "");
+    missing.argv = vec!["/bin/no-such-program".into()];
+    let err = node
+        .rt
+        .start_container(&sb, &missing)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("/bin/no-such-program"), "{err}");
+
+    let mut next = node.spec("next", "echo $((6 * 7))");
+    next.attempt = 1;
+    let id = node.rt.start_container(&sb, &next).unwrap();
+    assert_eq!(
+        exit_code(&node.wait_exit(&id, Duration::from_secs(10))),
+        Some(0)
+    );
+    assert_eq!(node.log(&id), "42\n");
+}
+
 #[test]
 fn httpd_in_a_pod_answers_from_the_host_and_pods_get_distinct_ips() {
     if !common::require_root("httpd_in_a_pod_answers_from_the_host_and_pods_get_distinct_ips") {
