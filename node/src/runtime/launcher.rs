@@ -11,7 +11,7 @@
 //!
 //! The process tree of one container:
 //! - the **shim**, forked from the launcher: joins the sandbox's namespaces, makes a PID
-//!   namespace for the container, forks the container's first process and waits for it; when
+//!   namespace for the container, starts the container's first process and waits for it; when
 //!   it ends the shim writes how ([`ExitRecord`]) to the container's state dir and exits. The
 //!   shim, not the agent, is the container's parent, so the agent can restart and find its
 //!   containers still running (the kubelet has containerd's shims for the same reason);
