@@ -528,61 +528,63 @@ const GUARD: usize = 4096;
 /// has exec'd or failed.
 fn spawn_init(req: &ContainerLaunch, err_w: &OwnedFd) -> Result<Pid, String> {
     let size = std::num::NonZeroUsize::new(INIT_STACK).ok_or("no stack size")?;
-    // SAFETY: a fresh private mapping, touched by nothing else; it is unmapped below, after
-    // the child has left it (CLONE_VFORK returns only then).
+    // SAFETY: a fresh private mapping, touched by nothing else; `Stack` unmaps it when this
+    // function returns, after the child has left it (CLONE_VFORK returns only then).
     #[allow(unsafe_code)]
-    let stack = unsafe {
-        nix::sys::mman::mmap_anonymous(
-            None,
-            size,
-            nix::sys::mman::ProtFlags::PROT_READ | nix::sys::mman::ProtFlags::PROT_WRITE,
-            nix::sys::mman::MapFlags::MAP_PRIVATE | nix::sys::mman::MapFlags::MAP_STACK,
-        )
-    }
-    .map_err(|e| format!("map the container's first stack: {e}"))?;
+    let stack = Stack(
+        unsafe {
+            nix::sys::mman::mmap_anonymous(
+                None,
+                size,
+                nix::sys::mman::ProtFlags::PROT_READ | nix::sys::mman::ProtFlags::PROT_WRITE,
+                nix::sys::mman::MapFlags::MAP_PRIVATE | nix::sys::mman::MapFlags::MAP_STACK,
+            )
+        }
+        .map_err(|e| format!("map the container's first stack: {e}"))?,
+    );
     // SAFETY: the first page of the mapping made above.
     #[allow(unsafe_code)]
-    let guarded =
-        unsafe { nix::sys::mman::mprotect(stack, GUARD, nix::sys::mman::ProtFlags::PROT_NONE) };
-    let spawned = guarded
-        .map_err(|e| format!("guard the container's first stack: {e}"))
-        .and_then(|()| {
-            // SAFETY: the mapping's INIT_STACK bytes past its guard page are readable and
-            // writable, and only the child uses them.
-            #[allow(unsafe_code)]
-            let bytes = unsafe {
-                std::slice::from_raw_parts_mut(
-                    stack.as_ptr().cast::<u8>().add(GUARD),
-                    INIT_STACK - GUARD,
-                )
-            };
-            let child = Box::new(|| -> isize {
-                // Its fds, namespaces and credentials are its own; its memory is the shim's,
-                // so it returns (the clone wrapper then ends it with _exit) rather than run
-                // exit handlers on the shim's state.
-                let error = container_init(req, err_w);
-                report(err_w, &error) as isize
-            });
-            // SAFETY: the shim has one thread and holds no lock (it is a fork of the
-            // single-threaded launcher), and CLONE_VFORK keeps it stopped while the child
-            // runs on its memory, so the child's allocations are those of this thread
-            // going on. The child never unwinds into the shim's frames: it ends in exec or
-            // in a return from this closure on its own stack.
-            #[allow(unsafe_code)]
-            let cloned = unsafe {
-                nix::sched::clone(
-                    child,
-                    bytes,
-                    CloneFlags::CLONE_VM | CloneFlags::CLONE_VFORK,
-                    Some(Signal::SIGCHLD as i32),
-                )
-            };
-            cloned.map_err(|e| format!("start the container: {e}"))
-        });
-    // SAFETY: the mapping made above; the child has exec'd or ended, so nothing runs on it.
+    unsafe { nix::sys::mman::mprotect(stack.0, GUARD, nix::sys::mman::ProtFlags::PROT_NONE) }
+        .map_err(|e| format!("guard the container's first stack: {e}"))?;
+    // SAFETY: the mapping's INIT_STACK bytes past its guard page are readable and writable,
+    // and only the child uses them.
     #[allow(unsafe_code)]
-    let _ = unsafe { nix::sys::mman::munmap(stack, INIT_STACK) };
-    spawned
+    let bytes = unsafe {
+        std::slice::from_raw_parts_mut(stack.0.as_ptr().cast::<u8>().add(GUARD), INIT_STACK - GUARD)
+    };
+    let child = Box::new(|| -> isize {
+        // Its fds, namespaces and credentials are its own; its memory is the shim's, so it
+        // returns (the clone wrapper then ends it with _exit) rather than run exit handlers
+        // on the shim's state.
+        let error = container_init(req, err_w);
+        report(err_w, &error) as isize
+    });
+    // SAFETY: the shim has one thread and holds no lock (it is a fork of the single-threaded
+    // launcher), and CLONE_VFORK keeps it stopped while the child runs on its memory, so the
+    // child's allocations are those of this thread going on. The child never unwinds into
+    // the shim's frames: it ends in exec or in a return from this closure on its own stack.
+    #[allow(unsafe_code)]
+    let cloned = unsafe {
+        nix::sched::clone(
+            child,
+            bytes,
+            CloneFlags::CLONE_VM | CloneFlags::CLONE_VFORK,
+            Some(Signal::SIGCHLD as i32),
+        )
+    };
+    cloned.map_err(|e| format!("start the container: {e}"))
+}
+
+/// The mapping [`spawn_init`] runs PID 1 on, unmapped when dropped.
+struct Stack(std::ptr::NonNull<std::ffi::c_void>);
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        // SAFETY: the mapping `spawn_init` made, INIT_STACK bytes; the child has exec'd or
+        // ended by the time it is dropped, so nothing runs on it.
+        #[allow(unsafe_code)]
+        let _ = unsafe { nix::sys::mman::munmap(self.0, INIT_STACK) };
+    }
 }
 
 /// Waits for `child` and writes how it ended to `exit_file` (atomically, so a reader never
