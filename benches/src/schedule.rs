@@ -180,7 +180,7 @@ async fn load(
     while objects.peek().is_some() {
         let mut txn = Txn::default();
         for (key, value) in objects.by_ref().take(LOAD_BATCH) {
-            txn.success.push(coxswain_store::Op::Put { key, value });
+            txn.success.push(coxswain_store::Op::put(key, &value));
         }
         let n = txn.success.len() as u64;
         revision = member.txn(txn).await.context("loading the store")?.revision;

@@ -589,10 +589,8 @@ impl Syncer {
         let mut txn = Txn::default();
         txn.compares
             .push(at_revision(&record_key(&name), record.mod_revision));
-        txn.success.push(Op::Put {
-            key: record_key(&name),
-            value: to_value(&value)?,
-        });
+        txn.success
+            .push(Op::put(record_key(&name), &to_value(&value)?));
         let (_, attempt) = self
             .member
             .get(&attempt_key(&name), Consistency::Linearizable)
@@ -604,10 +602,8 @@ impl Syncer {
             a.state = state;
             txn.compares
                 .push(at_revision(&attempt_key(&name), kv.mod_revision));
-            txn.success.push(Op::Put {
-                key: attempt_key(&name),
-                value: to_value(&a)?,
-            });
+            txn.success
+                .push(Op::put(attempt_key(&name), &to_value(&a)?));
         }
         let result = self.member.txn(txn).await?;
         if result.succeeded {
@@ -671,20 +667,14 @@ impl Syncer {
         let mut written: BTreeMap<String, Option<Value>> = BTreeMap::new();
         for c in &plan.creates {
             let value = c.stored(&now, &uuid::Uuid::new_v4().to_string());
-            txn.success.push(Op::Put {
-                key: c.key.clone(),
-                value: value.clone(),
-            });
+            txn.success.push(Op::put(c.key.clone(), &value));
             written.insert(c.key.clone(), Some(value));
         }
         for u in &plan.updates {
             txn.compares
                 .push(at_revision(&u.key, resource_version(&u.before)));
             let value = u.stored();
-            txn.success.push(Op::Put {
-                key: u.key.clone(),
-                value: value.clone(),
-            });
+            txn.success.push(Op::put(u.key.clone(), &value));
             written.insert(u.key.clone(), Some(value));
         }
         for d in &plan.deletes {
@@ -706,16 +696,14 @@ impl Syncer {
             summary: sync.clone(),
             state: Some(reached),
         };
-        txn.success.push(Op::Put {
-            key: record_key(name),
-            value: to_value(&record)?,
-        });
+        txn.success
+            .push(Op::put(record_key(name), &to_value(&record)?));
         let mut status = CommitStatus::new(commit, reached);
         status.sync = sync.clone();
-        txn.success.push(Op::Put {
-            key: attempt_key(name),
-            value: to_value(&attempt(name, commit, head, &status))?,
-        });
+        txn.success.push(Op::put(
+            attempt_key(name),
+            &to_value(&attempt(name, commit, head, &status))?,
+        ));
         let span = tracing::info_span!(
             "apply",
             creates = plan.creates.len(),

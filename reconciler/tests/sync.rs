@@ -360,10 +360,7 @@ async fn a_status_write_between_plan_and_apply_is_kept() {
     obj["status"] = json!({"observed": true});
     m.txn(Txn {
         compares: vec![],
-        success: vec![Op::Put {
-            key: "/core/ConfigMap/default/a".into(),
-            value: obj,
-        }],
+        success: vec![Op::put("/core/ConfigMap/default/a", &obj)],
         failure: vec![],
     })
     .await

@@ -117,7 +117,7 @@ impl Limits {
                             reason: "a value must be a JSON object",
                         });
                     }
-                    let size = serde_json::to_vec(value).map_or(usize::MAX, |v| v.len());
+                    let size = value.get().len();
                     if size > self.max_value_bytes {
                         return Err(Error::TooLarge {
                             key: key.clone(),

@@ -37,7 +37,7 @@ const KEY_END: &[u8] = &[0xFF];
 /// What watchers hear from `apply`.
 #[derive(Debug, Clone)]
 pub enum Notice {
-    Applied(Arc<WatchBatch>),
+    Applied(Arc<Applied>),
     /// A snapshot replaced the state: re-read the history from where you were.
     Reset,
     /// The member is shutting down: end every watch.
@@ -50,6 +50,40 @@ pub enum Notice {
 /// member runs, so a large buffer is idle memory: 1024 batches of pod status writes measured
 /// about 15 MiB of a `coxswain up` at rest.
 const NOTICE_BUFFER: usize = 128;
+
+/// The events of one applied revision, as `apply` announces them. An event's previous value
+/// stays as stored (`prevs`, beside `events`), and is parsed only for a watcher that asked
+/// for it: every put has one, and few watchers want it.
+#[derive(Debug)]
+pub struct Applied {
+    pub revision: Revision,
+    /// Each event with `prev` left out.
+    pub events: Vec<Event>,
+    /// The previous value of `events[i]`, as stored, if the key existed.
+    pub prevs: Vec<Option<Stored>>,
+}
+
+impl Applied {
+    /// The events whose key starts with `prefix`, with their previous values if `prev`.
+    pub fn matching(&self, prefix: &str, prev: bool) -> Result<Vec<Event>> {
+        let mut out = Vec::new();
+        for (e, p) in self.events.iter().zip(&self.prevs) {
+            if !e.kv.key.starts_with(prefix) {
+                continue;
+            }
+            let prev = match p {
+                Some(stored) if prev => Some(stored.to_kv(&e.kv.key)?),
+                _ => None,
+            };
+            out.push(Event {
+                kind: e.kind,
+                kv: e.kv.clone(),
+                prev,
+            });
+        }
+        Ok(out)
+    }
+}
 
 /// The state machine. Cheap to clone; clones share everything.
 #[derive(Debug, Clone)]
@@ -79,7 +113,9 @@ impl std::fmt::Debug for Shared {
 }
 
 /// A stored object: create and mod revision, then the JSON.
-struct Stored {
+/// An object as the `kv` family holds it: its create and mod revisions, then its JSON.
+#[derive(Debug, Clone)]
+pub struct Stored {
     create: Revision,
     modr: Revision,
     json: Vec<u8>,
@@ -106,6 +142,49 @@ impl Stored {
             modr: from_be(&bytes[8..16])?,
             json: bytes[16..].to_vec(),
         })
+    }
+
+    /// The history record of one change, byte for byte what serde writes for the [`Event`]
+    /// (`kind`, `kv`, then `prev` if any; a delete's value is null), built from the JSON
+    /// texts as they are, so neither value is parsed to write it.
+    fn history_record(
+        kind: EventKind,
+        key: &str,
+        value: &Stored,
+        prev: Option<&Stored>,
+    ) -> Vec<u8> {
+        fn kv(out: &mut Vec<u8>, key: &str, s: &Stored, json: &[u8]) {
+            out.extend_from_slice(b"{\"key\":");
+            // Writing a `str` into a `Vec` cannot fail.
+            let _ = serde_json::to_writer(&mut *out, key);
+            out.extend_from_slice(b",\"value\":");
+            out.extend_from_slice(json);
+            out.extend_from_slice(
+                format!(
+                    ",\"create_revision\":{},\"mod_revision\":{}}}",
+                    s.create, s.modr
+                )
+                .as_bytes(),
+            );
+        }
+        let mut out = Vec::with_capacity(
+            96 + 2 * key.len() + value.json.len() + prev.map_or(0, |p| p.json.len()),
+        );
+        out.extend_from_slice(match kind {
+            EventKind::Put => b"{\"kind\":\"put\",\"kv\":",
+            EventKind::Delete => b"{\"kind\":\"delete\",\"kv\":",
+        });
+        let json: &[u8] = match kind {
+            EventKind::Put => &value.json,
+            EventKind::Delete => b"null",
+        };
+        kv(&mut out, key, value, json);
+        if let Some(p) = prev {
+            out.extend_from_slice(b",\"prev\":");
+            kv(&mut out, key, p, &p.json);
+        }
+        out.push(b'}');
+        out
     }
 
     fn to_kv(&self, key: &str) -> Result<KeyValue> {
@@ -281,7 +360,7 @@ impl Shared {
         bytes.map(|b| Stored::decode(&b)).transpose()
     }
 
-    fn apply_entries(&self, entries: Vec<Entry>) -> Result<(Vec<Response>, Vec<WatchBatch>)> {
+    fn apply_entries(&self, entries: Vec<Entry>) -> Result<(Vec<Response>, Vec<Applied>)> {
         let kv = cf(&self.db, CF_KV)?;
         let hist = cf(&self.db, CF_HISTORY)?;
         let meta = cf(&self.db, CF_SM_META)?;
@@ -306,16 +385,12 @@ impl Shared {
                     responses.push(Response::default());
                 }
                 EntryPayload::Normal(req) => {
-                    let (resp, events) = self.apply_request(req, rev, &mut overlay)?;
-                    for (seq, ev) in events.iter().enumerate() {
-                        let bytes = serde_json::to_vec(ev).map_err(json_err("event"))?;
-                        batch.put_cf(hist, history_key(rev, seq as u32), bytes);
+                    let (resp, applied, records) = self.apply_request(req, rev, &mut overlay)?;
+                    for (seq, record) in records.into_iter().enumerate() {
+                        batch.put_cf(hist, history_key(rev, seq as u32), record);
                     }
-                    if !events.is_empty() {
-                        batches.push(WatchBatch {
-                            revision: rev,
-                            events,
-                        });
+                    if !applied.events.is_empty() {
+                        batches.push(applied);
                     }
                     responses.push(resp);
                 }
@@ -369,13 +444,17 @@ impl Shared {
         Ok((responses, batches))
     }
 
+    /// Applies one entry's txns over `overlay`; returns their results, their events, and
+    /// each event's history record.
     fn apply_request(
         &self,
         req: Request,
         rev: Revision,
         overlay: &mut HashMap<String, Option<Vec<u8>>>,
-    ) -> Result<(Response, Vec<Event>)> {
+    ) -> Result<(Response, Applied, Vec<Vec<u8>>)> {
         let mut events = Vec::new();
+        let mut prevs = Vec::new();
+        let mut records = Vec::new();
         let mut results = Vec::with_capacity(req.txns.len());
         for txn in req.txns {
             let mut ok = true;
@@ -394,9 +473,11 @@ impl Shared {
             let mut deleted = Vec::new();
             for op in ops {
                 match op {
-                    Op::Put { key, mut value } => {
+                    Op::Put { key, value } => {
                         let prev = self.lookup(overlay, &key)?;
                         let create = prev.as_ref().map_or(rev, |p| p.create);
+                        // The one place a value is parsed: its resourceVersion is set here.
+                        let mut value = value.to_value().map_err(json_err("value"))?;
                         set_resource_version(&mut value, rev);
                         let json = serde_json::to_vec(&value).map_err(json_err("value"))?;
                         let stored = Stored {
@@ -404,8 +485,13 @@ impl Shared {
                             modr: rev,
                             json,
                         };
+                        records.push(Stored::history_record(
+                            EventKind::Put,
+                            &key,
+                            &stored,
+                            prev.as_ref(),
+                        ));
                         overlay.insert(key.clone(), Some(stored.encode()));
-                        let prev = prev.map(|p| p.to_kv(&key)).transpose()?;
                         events.push(Event {
                             kind: EventKind::Put,
                             kv: KeyValue {
@@ -414,13 +500,24 @@ impl Shared {
                                 create_revision: create,
                                 mod_revision: rev,
                             },
-                            prev,
+                            prev: None,
                         });
+                        prevs.push(prev);
                     }
                     Op::Delete { key } => match self.lookup(overlay, &key)? {
                         Some(p) => {
                             overlay.insert(key.clone(), None);
-                            let prev = p.to_kv(&key)?;
+                            let gone = Stored {
+                                create: p.create,
+                                modr: rev,
+                                json: Vec::new(),
+                            };
+                            records.push(Stored::history_record(
+                                EventKind::Delete,
+                                &key,
+                                &gone,
+                                Some(&p),
+                            ));
                             events.push(Event {
                                 kind: EventKind::Delete,
                                 kv: KeyValue {
@@ -429,8 +526,9 @@ impl Shared {
                                     create_revision: p.create,
                                     mod_revision: rev,
                                 },
-                                prev: Some(prev),
+                                prev: None,
                             });
+                            prevs.push(Some(p));
                             deleted.push(true);
                         }
                         None => deleted.push(false),
@@ -443,7 +541,15 @@ impl Shared {
                 deleted,
             });
         }
-        Ok((Response { results }, events))
+        Ok((
+            Response { results },
+            Applied {
+                revision: rev,
+                events,
+                prevs,
+            },
+            records,
+        ))
     }
 
     /// This member's current value of `key`, with the revision it was read at.
@@ -919,6 +1025,55 @@ mod tests {
         Entry {
             log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
             payload: EntryPayload::Normal(Request { txns: vec![txn] }),
+        }
+    }
+
+    /// History records are built by hand from the stored JSON texts; readers parse them as
+    /// `Event`s, so they must be exactly what serde writes for the event.
+    #[test]
+    fn a_history_record_is_byte_for_byte_the_event_serde_writes() {
+        let key = "/core/ConfigMap/d/a\"b\\c\u{e9}";
+        let prev = Stored {
+            create: 3,
+            modr: 5,
+            json: br#"{"metadata":{"name":"a\"b"},"x":[1,2.5,null]}"#.to_vec(),
+        };
+        let now = Stored {
+            create: 3,
+            modr: 9,
+            json: br#"{"metadata":{"name":"a\"b","resourceVersion":"9"},"z":{}}"#.to_vec(),
+        };
+        let gone = Stored {
+            create: 3,
+            modr: 9,
+            json: Vec::new(),
+        };
+        let cases = [
+            (EventKind::Put, &now, Some(&prev)),
+            (EventKind::Put, &now, None),
+            (EventKind::Delete, &gone, Some(&prev)),
+        ];
+        for (kind, value, prev) in cases {
+            let record = Stored::history_record(kind, key, value, prev);
+            let expected = Event {
+                kind,
+                kv: KeyValue {
+                    key: key.to_string(),
+                    value: match kind {
+                        EventKind::Put => serde_json::from_slice(&value.json).expect("json"),
+                        EventKind::Delete => serde_json::Value::Null,
+                    },
+                    create_revision: value.create,
+                    mod_revision: value.modr,
+                },
+                prev: prev.map(|p| p.to_kv(key).expect("prev")),
+            };
+            let serde = serde_json::to_vec(&expected).expect("serialize");
+            assert_eq!(
+                String::from_utf8_lossy(&record),
+                String::from_utf8_lossy(&serde),
+                "{kind:?}"
+            );
         }
     }
 

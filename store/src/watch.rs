@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc};
 
 use crate::error::{Error, Result};
-use crate::state_machine::{Notice, Shared};
+use crate::state_machine::{Applied, Notice, Shared};
 use crate::types::{Event, Revision, WatchBatch};
 
 /// Batches are delivered in revision order; an `Err` is the last item.
@@ -22,6 +22,15 @@ pub type WatchStream = mpsc::Receiver<Result<WatchBatch>>;
 /// RSS, and at 74 MiB with the events bound (docs/benchmarks.md).
 const HISTORY_CHUNK: usize = 1024;
 const HISTORY_CHUNK_EVENTS: usize = 4096;
+
+/// An applied batch's events that match, as the watcher gets them (see [`Applied`]).
+fn filter_applied(batch: &Applied, prefix: &str, prev: bool) -> Result<Option<WatchBatch>> {
+    let events = batch.matching(prefix, prev)?;
+    Ok((!events.is_empty()).then(|| WatchBatch {
+        revision: batch.revision,
+        events,
+    }))
+}
 
 fn filter(batch: &WatchBatch, prefix: &str, prev: bool) -> Option<WatchBatch> {
     let events: Vec<_> = batch
@@ -98,10 +107,19 @@ async fn run(
                 if batch.revision < next {
                     continue;
                 }
-                if let Some(b) = filter(&batch, &prefix, prev)
-                    && tx.send(Ok(b)).await.is_err()
-                {
-                    return;
+                match filter_applied(&batch, &prefix, prev) {
+                    Ok(Some(b)) => {
+                        if tx.send(Ok(b)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => {}
+                    // A stored previous value that does not parse: the watch ends with the
+                    // error rather than skip the event.
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
                 }
                 next = batch.revision + 1;
             }

@@ -305,7 +305,7 @@ async fn a_commit_sync_may_exceed_the_client_op_limit_and_lands_in_one_revision(
     for i in 0..2_000u64 {
         commit.success.push(coxswain_store::Op::Put {
             key: object_key("", "ConfigMap", Some("default"), &format!("c{i}")),
-            value: obj(&format!("c{i}"), i),
+            value: obj(&format!("c{i}"), i).into(),
         });
     }
     assert!(matches!(

@@ -138,7 +138,7 @@ impl Sampler {
                 "containers": containers,
             });
             written.insert(key.clone());
-            ops.push(Op::Put { key, value });
+            ops.push(Op::put(key, &value));
         }
         for gone in self.written.difference(&live) {
             ops.push(Op::Delete { key: gone.clone() });
@@ -284,7 +284,7 @@ mod tests {
     fn puts(ops: &[Op]) -> BTreeMap<String, Value> {
         ops.iter()
             .filter_map(|op| match op {
-                Op::Put { key, value } => Some((key.clone(), value.clone())),
+                Op::Put { key, value } => Some((key.clone(), value.to_value().expect("json"))),
                 Op::Delete { .. } => None,
             })
             .collect()
