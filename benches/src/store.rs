@@ -397,28 +397,36 @@ async fn memory_after(
         tasks.push(tokio::spawn(async move {
             let mut i = c;
             let mut errors = 0u64;
+            let mut first = None;
             while i < writes {
-                if target
+                if let Err(e) = target
                     .put(format!("/rss/k{}", i % KEYS), &value, &bytes)
                     .await
-                    .is_err()
                 {
                     errors += 1;
+                    first.get_or_insert_with(|| format!("write {i}: {e:#}"));
                 }
                 if i % 1000 < CLIENTS {
                     pb.set_position(i);
                 }
                 i += CLIENTS;
             }
-            errors
+            (errors, first)
         }));
     }
     let mut errors = 0;
+    let mut first = None;
     for t in tasks {
-        errors += t.await.unwrap_or(0);
+        if let Ok((n, e)) = t.await {
+            errors += n;
+            first = first.or(e);
+        }
     }
     if errors > writes / 100 {
-        bail!("{system}: {errors} of {writes} writes failed");
+        bail!(
+            "{system}: {errors} of {writes} writes failed; the first: {}",
+            first.unwrap_or_default()
+        );
     }
     let (rss, peak) = rss_of(servers.pid());
     Ok(Memory {

@@ -9,6 +9,7 @@
 //! - `db.rs`: the one RocksDB per member and its column families;
 //! - `log_store.rs`: the Raft log (group-committed fsyncs);
 //! - `state_machine.rs` and `snapshot.rs`: objects, history, streamed snapshots;
+//!   `resource_version.rs`: sets `metadata.resourceVersion` in a put's JSON text;
 //! - `member.rs`: one running member and the `Kv` trait (get, list, txn, watch);
 //! - `batcher.rs`: packs concurrent txns into one entry; `watch.rs`: ordered watch streams;
 //! - `network.rs`, `server.rs`, `client.rs`: the internal HTTP RPC and the network client;
@@ -27,6 +28,7 @@ pub mod log_store;
 pub mod member;
 pub mod network;
 mod outbox;
+mod resource_version;
 pub mod server;
 pub mod snapshot;
 pub mod state_machine;

@@ -51,33 +51,49 @@ pub enum Notice {
 /// about 15 MiB of a `coxswain up` at rest.
 const NOTICE_BUFFER: usize = 128;
 
-/// The events of one applied revision, as `apply` announces them. An event's previous value
-/// stays as stored (`prevs`, beside `events`), and is parsed only for a watcher that asked
-/// for it: every put has one, and few watchers want it.
+/// The events of one applied revision, as `apply` announces them: values stay as stored
+/// and are parsed for each watcher whose prefix matches (the previous value only if it asked
+/// for it), so apply builds no value, and a watcher is handed its own.
 #[derive(Debug)]
 pub struct Applied {
     pub revision: Revision,
-    /// Each event with `prev` left out.
-    pub events: Vec<Event>,
-    /// The previous value of `events[i]`, as stored, if the key existed.
-    pub prevs: Vec<Option<Stored>>,
+    pub events: Vec<AppliedEvent>,
+}
+
+/// One change as applied; see [`Applied`].
+#[derive(Debug)]
+pub struct AppliedEvent {
+    kind: EventKind,
+    key: String,
+    /// The key as written (for a delete: its create revision, the delete's revision, no JSON).
+    now: Stored,
+    prev: Option<Stored>,
 }
 
 impl Applied {
     /// The events whose key starts with `prefix`, with their previous values if `prev`.
     pub fn matching(&self, prefix: &str, prev: bool) -> Result<Vec<Event>> {
         let mut out = Vec::new();
-        for (e, p) in self.events.iter().zip(&self.prevs) {
-            if !e.kv.key.starts_with(prefix) {
+        for e in &self.events {
+            if !e.key.starts_with(prefix) {
                 continue;
             }
-            let prev = match p {
-                Some(stored) if prev => Some(stored.to_kv(&e.kv.key)?),
+            let kv = match e.kind {
+                EventKind::Put => e.now.to_kv(&e.key)?,
+                EventKind::Delete => KeyValue {
+                    key: e.key.clone(),
+                    value: serde_json::Value::Null,
+                    create_revision: e.now.create,
+                    mod_revision: e.now.modr,
+                },
+            };
+            let prev = match &e.prev {
+                Some(stored) if prev => Some(stored.to_kv(&e.key)?),
                 _ => None,
             };
             out.push(Event {
                 kind: e.kind,
-                kv: e.kv.clone(),
+                kv,
                 prev,
             });
         }
@@ -219,19 +235,6 @@ fn json_err(what: &'static str) -> impl FnOnce(serde_json::Error) -> Error {
     move |e| Error::Corrupt {
         what,
         reason: e.to_string(),
-    }
-}
-
-/// Sets `metadata.resourceVersion`, as the API server does, when the value has metadata.
-fn set_resource_version(value: &mut serde_json::Value, rev: Revision) {
-    if let Some(meta) = value
-        .get_mut("metadata")
-        .and_then(serde_json::Value::as_object_mut)
-    {
-        meta.insert(
-            "resourceVersion".into(),
-            serde_json::Value::String(rev.to_string()),
-        );
     }
 }
 
@@ -453,7 +456,6 @@ impl Shared {
         overlay: &mut HashMap<String, Option<Vec<u8>>>,
     ) -> Result<(Response, Applied, Vec<Vec<u8>>)> {
         let mut events = Vec::new();
-        let mut prevs = Vec::new();
         let mut records = Vec::new();
         let mut results = Vec::with_capacity(req.txns.len());
         for txn in req.txns {
@@ -476,10 +478,7 @@ impl Shared {
                     Op::Put { key, value } => {
                         let prev = self.lookup(overlay, &key)?;
                         let create = prev.as_ref().map_or(rev, |p| p.create);
-                        // The one place a value is parsed: its resourceVersion is set here.
-                        let mut value = value.to_value().map_err(json_err("value"))?;
-                        set_resource_version(&mut value, rev);
-                        let json = serde_json::to_vec(&value).map_err(json_err("value"))?;
+                        let json = crate::resource_version::set(value.get(), rev);
                         let stored = Stored {
                             create,
                             modr: rev,
@@ -492,17 +491,12 @@ impl Shared {
                             prev.as_ref(),
                         ));
                         overlay.insert(key.clone(), Some(stored.encode()));
-                        events.push(Event {
+                        events.push(AppliedEvent {
                             kind: EventKind::Put,
-                            kv: KeyValue {
-                                key,
-                                value,
-                                create_revision: create,
-                                mod_revision: rev,
-                            },
-                            prev: None,
+                            key,
+                            now: stored,
+                            prev,
                         });
-                        prevs.push(prev);
                     }
                     Op::Delete { key } => match self.lookup(overlay, &key)? {
                         Some(p) => {
@@ -518,17 +512,12 @@ impl Shared {
                                 &gone,
                                 Some(&p),
                             ));
-                            events.push(Event {
+                            events.push(AppliedEvent {
                                 kind: EventKind::Delete,
-                                kv: KeyValue {
-                                    key,
-                                    value: serde_json::Value::Null,
-                                    create_revision: p.create,
-                                    mod_revision: rev,
-                                },
-                                prev: None,
+                                key,
+                                now: gone,
+                                prev: Some(p),
                             });
-                            prevs.push(Some(p));
                             deleted.push(true);
                         }
                         None => deleted.push(false),
@@ -546,7 +535,6 @@ impl Shared {
             Applied {
                 revision: rev,
                 events,
-                prevs,
             },
             records,
         ))
