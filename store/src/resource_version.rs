@@ -60,19 +60,18 @@ fn write_object<'v>(out: &mut Vec<u8>, members: impl Iterator<Item = (&'v str, &
 /// not an object.
 fn metadata_with(metadata: &RawValue, rev: &[u8]) -> Option<Vec<u8>> {
     let Members(members) = serde_json::from_str(metadata.get()).ok()?;
-    let mut out = Vec::with_capacity(metadata.get().len() + 32);
-    let mut found = false;
+    let found = members.iter().any(|(k, _)| k == "resourceVersion");
     let pieces = members.iter().map(|(k, v)| {
-        if k == "resourceVersion" {
-            found = true;
-            (k.as_str(), rev)
+        let value = if k == "resourceVersion" {
+            rev
         } else {
-            (k.as_str(), v.get().as_bytes())
-        }
+            v.get().as_bytes()
+        };
+        (k.as_str(), value)
     });
-    let pieces: Vec<_> = pieces.collect();
     let extra = (!found).then_some(("resourceVersion", rev));
-    write_object(&mut out, pieces.into_iter().chain(extra));
+    let mut out = Vec::with_capacity(metadata.get().len() + 32);
+    write_object(&mut out, pieces.chain(extra));
     Some(out)
 }
 

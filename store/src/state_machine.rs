@@ -6,6 +6,7 @@
 //! openraft re-applies from the log after a crash (the committed id is persisted).
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -57,12 +58,12 @@ const NOTICE_BUFFER: usize = 128;
 #[derive(Debug)]
 pub struct Applied {
     pub revision: Revision,
-    pub events: Vec<AppliedEvent>,
+    events: Vec<AppliedEvent>,
 }
 
 /// One change as applied; see [`Applied`].
 #[derive(Debug)]
-pub struct AppliedEvent {
+struct AppliedEvent {
     kind: EventKind,
     key: String,
     /// The key as written (for a delete: its create revision, the delete's revision, no JSON).
@@ -128,10 +129,9 @@ impl std::fmt::Debug for Shared {
     }
 }
 
-/// A stored object: create and mod revision, then the JSON.
 /// An object as the `kv` family holds it: its create and mod revisions, then its JSON.
-#[derive(Debug, Clone)]
-pub struct Stored {
+#[derive(Debug)]
+struct Stored {
     create: Revision,
     modr: Revision,
     json: Vec<u8>,
@@ -171,16 +171,14 @@ impl Stored {
     ) -> Vec<u8> {
         fn kv(out: &mut Vec<u8>, key: &str, s: &Stored, json: &[u8]) {
             out.extend_from_slice(b"{\"key\":");
-            // Writing a `str` into a `Vec` cannot fail.
+            // Writing into a `Vec` cannot fail.
             let _ = serde_json::to_writer(&mut *out, key);
             out.extend_from_slice(b",\"value\":");
             out.extend_from_slice(json);
-            out.extend_from_slice(
-                format!(
-                    ",\"create_revision\":{},\"mod_revision\":{}}}",
-                    s.create, s.modr
-                )
-                .as_bytes(),
+            let _ = write!(
+                out,
+                ",\"create_revision\":{},\"mod_revision\":{}}}",
+                s.create, s.modr
             );
         }
         let mut out = Vec::with_capacity(
