@@ -732,7 +732,9 @@ fn a_container_on_a_warm_layer_gets_a_fresh_root_and_the_layer_goes_with_it() {
             &sb,
             &node.spec(
                 "second",
-                "test ! -e /written && echo mine > /mine && cat /mine && hostname",
+                "test ! -e /written && echo mine > /mine && cat /mine && hostname && echo $$ \
+                 && ls /sys/class/net && grep -o ' /dev/mqueue mqueue' /proc/mounts \
+                 && grep NoNewPrivs /proc/self/status && ls /proc/self/fd",
             ),
         )
         .unwrap();
@@ -740,8 +742,15 @@ fn a_container_on_a_warm_layer_gets_a_fresh_root_and_the_layer_goes_with_it() {
         exit_code(&node.wait_exit(&second, Duration::from_secs(10))),
         Some(0)
     );
-    assert_eq!(node.log(&second), "mine\nrt-layer\n");
+    // It started from the warm container made on that layer: PID 1 of its own namespace,
+    // with the pod's hostname, `/sys` of the pod's network namespace (only `lo`, where the
+    // host has more), the pod's message queues, and the same hardening as a cold start.
+    assert_eq!(
+        node.log(&second),
+        "mine\nrt-layer\n1\nlo\n /dev/mqueue mqueue\nNoNewPrivs:\t1\n0\n1\n2\n3\n"
+    );
     assert_eq!(node.rt.layer_stats().unwrap().taken, 1);
+    assert_eq!(node.rt.warm_inits_adopted(), 1);
     let second_dir = state
         .join("containers")
         .join(format!("{}.second.0", sb.key));
@@ -774,6 +783,64 @@ fn a_container_on_a_warm_layer_gets_a_fresh_root_and_the_layer_goes_with_it() {
     node.rt.shutdown_warm();
     assert_eq!(mounts_under(&state), Vec::<String>::new());
     assert_eq!(std::fs::read_dir(state.join("layers")).unwrap().count(), 0);
+}
+
+#[test]
+fn a_container_with_a_volume_on_a_warm_layer_starts_cold_and_its_warm_process_ends() {
+    if !common::require_root(
+        "a_container_with_a_volume_on_a_warm_layer_starts_cold_and_its_warm_process_ends",
+    ) {
+        return;
+    }
+    let node = Node::build(false, 0, 1);
+    let sb = node.sandbox("rt-warm-vol", false);
+    let first = node
+        .rt
+        .start_container(&sb, &node.spec("first", "true"))
+        .unwrap();
+    node.wait_exit(&first, Duration::from_secs(10));
+    assert!(
+        wait_until(Duration::from_secs(10), || node.rt.warm_init_pids().len()
+            == 1),
+        "a warm container on the refilled layer"
+    );
+    let warm = node.rt.warm_init_pids();
+    let vol = tempfile::tempdir().unwrap();
+    std::fs::write(vol.path().join("in"), "from the host\n").unwrap();
+    let mut spec = node.spec("second", "cat /vol/in");
+    spec.mounts = vec![BindMount {
+        source: vol.path().to_owned(),
+        destination: "/vol".into(),
+        read_only: true,
+    }];
+    let second = node.rt.start_container(&sb, &spec).unwrap();
+    assert_eq!(
+        exit_code(&node.wait_exit(&second, Duration::from_secs(10))),
+        Some(0)
+    );
+    assert_eq!(node.log(&second), "from the host\n");
+    assert_eq!(node.rt.layer_stats().unwrap().taken, 1, "it took the layer");
+    assert_eq!(node.rt.warm_inits_adopted(), 0, "but not the warm process");
+    assert!(
+        wait_until(Duration::from_secs(10), || warm
+            .iter()
+            .all(|pid| !Path::new(&format!("/proc/{pid}")).exists())),
+        "the warm process it did not use ended: {warm:?}"
+    );
+    // The pool's next warm container, too, ends with the pool.
+    assert!(
+        wait_until(Duration::from_secs(10), || node.rt.warm_init_pids().len()
+            == 1),
+        "a refill"
+    );
+    let refill = node.rt.warm_init_pids();
+    node.rt.shutdown_warm();
+    assert!(
+        wait_until(Duration::from_secs(10), || refill
+            .iter()
+            .all(|pid| !Path::new(&format!("/proc/{pid}")).exists())),
+        "the pool's warm process ended with it: {refill:?}"
+    );
 }
 
 #[test]

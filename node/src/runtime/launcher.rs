@@ -25,6 +25,7 @@
 //! Errors before the exec come back through a close-on-exec pipe: EOF means the exec
 //! happened, bytes are the reason it did not (the way runc and youki report them).
 
+use std::collections::HashMap;
 use std::ffi::{CString, OsStr};
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, Read, Write};
@@ -40,6 +41,10 @@ use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sched::{CloneFlags, setns, unshare};
 use nix::sys::signal::{SigSet, Signal};
+use nix::sys::socket::{
+    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
+    sendmsg, socketpair,
+};
 use nix::sys::stat::{Mode, SFlag, makedev, mknod, umask};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Gid, Pid, Uid, fork, pipe2, pivot_root, setsid};
@@ -103,7 +108,60 @@ pub enum Request {
     Sandbox(SandboxLaunch),
     Container(ContainerLaunch),
     Exec(ExecLaunch),
+    /// Prepare a container's first process ahead of any container (see [`WarmContainerLaunch`]).
+    WarmContainer(WarmContainerLaunch),
+    /// Start a container from a warm one (see [`AdoptLaunch`]).
+    AdoptContainer(AdoptLaunch),
+    /// Let a warm container go: its first process and its shim end.
+    DropWarm {
+        shim: u32,
+    },
 }
+
+/// A container's PID 1 made ahead, over a warm layer: a shim, and under it a process in a new
+/// PID namespace with its mount namespace built (the layer as its root, `/proc`, `/dev`,
+/// the masked and read-only paths of `/proc`) and pivoted into, waiting for the rest. None of
+/// that depends on the pod, and it is most of what a container's PID 1 does before its exec.
+/// What does depend on the pod comes with [`AdoptLaunch`]. The launcher keeps the warm one's
+/// end of a socket; when the launcher lets it go (or ends), the process sees the socket close
+/// and ends, and its shim with it. The answer's pid is the shim's, the warm container's name.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WarmContainerLaunch {
+    /// A layer mounted ahead (`merged` holds the overlay of the image and the writable layer).
+    pub layer: PathBuf,
+}
+
+/// Make a warm container (named by its shim's pid) the container of a pod: the launcher opens
+/// what only the host can reach (the log, the sandbox's namespaces, the cgroups' `cgroup.procs`)
+/// and hands the fds, with the process, to the waiting PID 1, which joins them, mounts what
+/// belongs to the pod's namespaces (`/sys` and `/dev/mqueue`) and exec's. The answer is
+/// PID 1's pid, as for [`ContainerLaunch`]; on an error nothing of the container runs and
+/// the agent starts it the cold way.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AdoptLaunch {
+    pub shim: u32,
+    pub sandbox_pid: u32,
+    pub join_network: bool,
+    pub cgroup_procs: Vec<PathBuf>,
+    pub process: Process,
+    pub log: PathBuf,
+    pub exit_file: PathBuf,
+}
+
+/// What a warm PID 1 is sent at adoption, with the fds: the log, the sandbox's IPC namespace,
+/// its UTS and network namespaces if `join_network`, then one `cgroup.procs` per cgroup.
+#[derive(Debug, Serialize, Deserialize)]
+struct AdoptInit {
+    process: Process,
+    exit_file: PathBuf,
+    join_network: bool,
+}
+
+/// The largest adoption message: a SOCK_SEQPACKET message must fit the socket's send buffer.
+/// A process whose environment is larger starts the cold way.
+const MAX_ADOPT_MESSAGE: usize = 96 * 1024;
 
 /// Start a pod sandbox: a process that holds the pod's namespaces.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -225,6 +283,7 @@ fn serve() -> i32 {
     };
     let mut input = std::io::BufReader::new(input);
     let mut out = std::io::stdout();
+    let mut warm = WarmInits::new();
     loop {
         reap();
         if input.buffer().is_empty() && !readable(input.get_ref()) {
@@ -236,7 +295,7 @@ fn serve() -> i32 {
             Ok(_) => {}
         }
         let response = match serde_json::from_str::<Request>(&line) {
-            Ok(request) => match handle(&request) {
+            Ok(request) => match dispatch(&request, &mut warm) {
                 Ok(pid) => Response {
                     pid: Some(pid),
                     error: None,
@@ -291,7 +350,32 @@ fn thread_count() -> Option<usize> {
         .and_then(|n| n.trim().parse().ok())
 }
 
-fn handle(request: &Request) -> Result<u32, String> {
+/// The warm containers this launcher made and has not let go, by their shim's pid.
+type WarmInits = HashMap<u32, WarmInit>;
+
+/// The launcher's ends of a warm container: the socket its PID 1 waits on, and the pipes its
+/// error and its pid come back on.
+#[derive(Debug)]
+struct WarmInit {
+    sock: OwnedFd,
+    err_r: OwnedFd,
+    pid_r: OwnedFd,
+}
+
+fn dispatch(request: &Request, warm: &mut WarmInits) -> Result<u32, String> {
+    match request {
+        Request::WarmContainer(w) => handle_warm(w, warm),
+        Request::AdoptContainer(a) => adopt(a, warm),
+        Request::DropWarm { shim } => {
+            // Closing the socket ends the waiting PID 1, and its shim after it.
+            warm.remove(shim);
+            Ok(*shim)
+        }
+        other => handle(other, warm),
+    }
+}
+
+fn handle(request: &Request, warm: &mut WarmInits) -> Result<u32, String> {
     // A buffered byte left in stdout would be written twice, once by each side of the fork.
     let _ = std::io::stdout().flush();
     let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
@@ -305,11 +389,17 @@ fn handle(request: &Request) -> Result<u32, String> {
         ForkResult::Child => {
             drop(err_r);
             drop(pid_r);
+            // A warm container sees its socket close only once no process holds the
+            // launcher's end; a shim never exec's, so it must not keep a copy.
+            warm.clear();
             let code = match request {
                 Request::Sandbox(s) if s.warm => warm_holder(s, launcher, err_w, pid_w),
                 Request::Sandbox(s) => sandbox_shim(s, err_w, pid_w),
                 Request::Container(c) => container_shim(c, err_w, pid_w),
                 Request::Exec(e) => exec_shim(e, err_w, pid_w),
+                Request::WarmContainer(_)
+                | Request::AdoptContainer(_)
+                | Request::DropWarm { .. } => report(&err_w, "not a request to fork for"),
             };
             std::process::exit(code)
         }
@@ -512,6 +602,296 @@ fn container_shim(req: &ContainerLaunch, err_w: OwnedFd, pid_w: OwnedFd) -> i32 
     }
 }
 
+/// Forks the shim of a warm container and answers at once with its pid: the rest of its
+/// making (a PID namespace, PID 1 and its mounts) goes on while the launcher serves the next
+/// request, and an adoption that comes before it is done waits in PID 1's socket.
+fn handle_warm(req: &WarmContainerLaunch, warm: &mut WarmInits) -> Result<u32, String> {
+    let _ = std::io::stdout().flush();
+    let (sock, init_sock) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| format!("socketpair: {e}"))?;
+    let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    let (pid_r, pid_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    // SAFETY: the launcher has exactly one thread (checked in `serve`), as in `handle`.
+    #[allow(unsafe_code)]
+    let forked = unsafe { fork() }.map_err(|e| format!("fork: {e}"))?;
+    match forked {
+        ForkResult::Child => {
+            drop((sock, err_r, pid_r));
+            warm.clear();
+            std::process::exit(warm_container_shim(req, init_sock, err_w, pid_w))
+        }
+        ForkResult::Parent { child } => {
+            drop((init_sock, err_w, pid_w));
+            let shim = u32::try_from(child.as_raw()).map_err(|e| format!("pid: {e}"))?;
+            warm.insert(shim, WarmInit { sock, err_r, pid_r });
+            Ok(shim)
+        }
+    }
+}
+
+/// The shim of a warm container: a PID namespace, and in it PID 1 on this process's memory
+/// (as [`spawn_init`]), which builds the container's mounts and waits. PID 1 leaves the path
+/// of the exit record in `exit_file` just before its exec; if it ends without one (let go
+/// before adoption, or failed), there is nothing to record.
+fn warm_container_shim(
+    req: &WarmContainerLaunch,
+    sock: OwnedFd,
+    err_w: OwnedFd,
+    pid_w: OwnedFd,
+) -> i32 {
+    detach_stdio();
+    if let Err(e) = unshare(CloneFlags::CLONE_NEWPID) {
+        return report(
+            &err_w,
+            &format!("create the container's PID namespace: {e}"),
+        );
+    }
+    let mut exit_file: Option<PathBuf> = None;
+    let spawned = spawn_on_shim_memory(Box::new(|| -> isize {
+        match warm_init(req, &sock, &err_w, &mut exit_file) {
+            Some(error) => report(&err_w, &error) as isize,
+            None => 0,
+        }
+    }));
+    let child = match spawned {
+        Ok(child) => child,
+        Err(e) => return report(&err_w, &e),
+    };
+    match exit_file {
+        Some(path) => {
+            send_pid(pid_w, child);
+            drop(err_w);
+            wait_and_record(child, &path);
+        }
+        None => {
+            drop((pid_w, err_w));
+            let _ = waitpid(child, None);
+        }
+    }
+    0
+}
+
+/// A warm container's PID 1: the mounts that do not depend on the pod, then a wait for the
+/// adoption, then the rest and the exec. `None` when the launcher let it go before adopting
+/// it; the reason otherwise (it returns only without an exec).
+fn warm_init(
+    req: &WarmContainerLaunch,
+    sock: &OwnedFd,
+    err_w: &OwnedFd,
+    exit_file: &mut Option<PathBuf>,
+) -> Option<String> {
+    if let Err(e) = warm_mounts(&req.layer.join("merged")) {
+        return Some(e);
+    }
+    let (init, fds) = match receive_adoption(sock) {
+        Ok(Some(adoption)) => adoption,
+        Ok(None) => return None,
+        Err(e) => return Some(e),
+    };
+    let error = match adopted(&init, fds, err_w, exit_file) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    };
+    // No exec: there is no container whose end the shim should record.
+    *exit_file = None;
+    Some(error)
+}
+
+/// What [`build_container`] does before a container's cgroups and namespaces matter: a mount
+/// namespace with `root` (a warm layer, already mounted) as its root, `/proc` (of the PID
+/// namespace this process is PID 1 of), `/dev` without `mqueue`, `/proc`'s masked and
+/// read-only paths, and the pivot.
+fn warm_mounts(root: &Path) -> Result<(), String> {
+    step(
+        "create the container's mount namespace",
+        unshare(CloneFlags::CLONE_NEWNS),
+    )?;
+    step(
+        "make / a slave mount",
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_SLAVE,
+            None::<&str>,
+        ),
+    )?;
+    let prior = umask(Mode::empty());
+    let built = mount_proc(root)
+        .and_then(|()| mount_dev(root))
+        .and_then(|()| mount_point(root, "/sys", true).map(drop))
+        .and_then(|()| mask(root, |p| p.starts_with("/proc/")));
+    umask(prior);
+    built?;
+    pivot(root)
+}
+
+/// Waits for the adoption message; `None` if the launcher closed the socket instead.
+fn receive_adoption(sock: &OwnedFd) -> Result<Option<(AdoptInit, Vec<OwnedFd>)>, String> {
+    let mut buf = vec![0u8; MAX_ADOPT_MESSAGE];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; MAX_ADOPT_FDS]);
+    let (bytes, raw) = loop {
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        match recvmsg::<()>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(format!("wait for the container: {e}")),
+            Ok(msg) => {
+                let mut raw = Vec::new();
+                for cmsg in msg
+                    .cmsgs()
+                    .map_err(|e| format!("read the container's fds: {e}"))?
+                {
+                    if let ControlMessageOwned::ScmRights(fds) = cmsg {
+                        raw.extend(fds);
+                    }
+                }
+                break (msg.bytes, raw);
+            }
+        }
+    };
+    // SAFETY: each fd came with this message (SCM_RIGHTS installs them in this process) and
+    // nothing else owns it.
+    #[allow(unsafe_code)]
+    let fds: Vec<OwnedFd> = raw
+        .into_iter()
+        .map(|fd| unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+        .collect();
+    if bytes == 0 {
+        return Ok(None);
+    }
+    let text = buf
+        .get(..bytes)
+        .ok_or("the adoption message overran its buffer")?;
+    let init: AdoptInit =
+        serde_json::from_slice(text).map_err(|e| format!("bad adoption message: {e}"))?;
+    Ok(Some((init, fds)))
+}
+
+/// The most fds an adoption carries: the log, three namespaces and the cgroups.
+const MAX_ADOPT_FDS: usize = 16;
+
+/// A warm PID 1 made the container: the rest of [`build_container`], on the fds `fds` in the
+/// order [`AdoptInit`] gives. Returns only on failure.
+fn adopted(
+    init: &AdoptInit,
+    fds: Vec<OwnedFd>,
+    err_w: &OwnedFd,
+    exit_file: &mut Option<PathBuf>,
+) -> Result<Never, String> {
+    let mut fds = fds.into_iter();
+    let mut next = |what: &str| fds.next().ok_or_else(|| format!("no fd for {what}"));
+    // Never closed by a drop, as in build_container.
+    let log = ManuallyDrop::new(File::from(next("the log")?));
+    let mut join = vec![("ipc", CloneFlags::CLONE_NEWIPC, next("ipc")?)];
+    if init.join_network {
+        join.push(("uts", CloneFlags::CLONE_NEWUTS, next("uts")?));
+        join.push(("net", CloneFlags::CLONE_NEWNET, next("net")?));
+    }
+    for procs in fds {
+        step(
+            "join the container's cgroup",
+            nix::unistd::write(&procs, b"0").map(drop),
+        )?;
+    }
+    for (name, flag, fd) in &join {
+        step(
+            &format!("join the pod's {name} namespace"),
+            setns(fd, *flag),
+        )?;
+    }
+    step(
+        "create the container's cgroup namespace",
+        unshare(CloneFlags::CLONE_NEWCGROUP),
+    )?;
+    let root = Path::new("/");
+    let prior = umask(Mode::empty());
+    let built = mount_mqueue(root)
+        .and_then(|()| mount_sys(root))
+        .and_then(|()| mask(root, |p| p.starts_with("/sys/")));
+    umask(prior);
+    built?;
+    enter_working_dir(init.process.working_dir.as_deref())?;
+    let null =
+        ManuallyDrop::new(File::open("/dev/null").map_err(|e| format!("open /dev/null: {e}"))?);
+    *exit_file = Some(init.exit_file.clone());
+    exec_process(&init.process, &log, &null, err_w)
+}
+
+/// Hands a warm container its pod: see [`AdoptLaunch`].
+fn adopt(req: &AdoptLaunch, warm: &mut WarmInits) -> Result<u32, String> {
+    let w = warm
+        .remove(&req.shim)
+        .ok_or_else(|| format!("no warm container {}", req.shim))?;
+    let init = AdoptInit {
+        process: req.process.clone(),
+        exit_file: req.exit_file.clone(),
+        join_network: req.join_network,
+    };
+    let message = serde_json::to_vec(&init).map_err(|e| format!("encode adoption: {e}"))?;
+    if message.len() > MAX_ADOPT_MESSAGE {
+        return Err(format!(
+            "the process is too large for a warm container ({} bytes)",
+            message.len()
+        ));
+    }
+    let log = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o640)
+        .custom_flags(libc_o_cloexec())
+        .open(&req.log)
+        .map_err(|e| format!("open log {}: {e}", req.log.display()))?;
+    let mut fds: Vec<OwnedFd> = vec![log.into(), ns_file(req.sandbox_pid, "ipc")?.into()];
+    if req.join_network {
+        fds.push(ns_file(req.sandbox_pid, "uts")?.into());
+        fds.push(ns_file(req.sandbox_pid, "net")?.into());
+    }
+    for procs in &req.cgroup_procs {
+        let file = OpenOptions::new()
+            .write(true)
+            .open(procs)
+            .map_err(|e| format!("open {}: {e}", procs.display()))?;
+        fds.push(file.into());
+    }
+    if fds.len() > MAX_ADOPT_FDS {
+        return Err(format!("too many fds for a warm container ({})", fds.len()));
+    }
+    let raw: Vec<std::os::fd::RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+    let sent = sendmsg::<()>(
+        w.sock.as_raw_fd(),
+        &[std::io::IoSlice::new(&message)],
+        &[ControlMessage::ScmRights(&raw)],
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    );
+    drop(fds);
+    drop(w.sock);
+    let mut error = String::new();
+    let _ = File::from(w.err_r).read_to_string(&mut error);
+    if !error.is_empty() {
+        return Err(error);
+    }
+    sent.map_err(|e| format!("hand the container to its warm process: {e}"))?;
+    let mut pid = Vec::new();
+    let _ = File::from(w.pid_r).read_to_end(&mut pid);
+    reap();
+    let bytes: [u8; 4] = pid
+        .get(..4)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| "the warm container ended before it started".to_owned())?;
+    Ok(u32::from_le_bytes(bytes))
+}
+
 /// The stack the container's PID 1 runs on until its exec. Far more than `build_container`
 /// needs; the pages it never touches cost nothing.
 const INIT_STACK: usize = 1 << 20;
@@ -527,6 +907,18 @@ const GUARD: usize = 4096;
 /// median, against 0.05 and 0.13 ms this way (`docs/benchmarks.md`). Returns once the child
 /// has exec'd or failed.
 fn spawn_init(req: &ContainerLaunch, err_w: &OwnedFd) -> Result<Pid, String> {
+    spawn_on_shim_memory(Box::new(|| -> isize {
+        // Its fds, namespaces and credentials are its own; its memory is the shim's, so it
+        // returns (the clone wrapper then ends it with _exit) rather than run exit handlers
+        // on the shim's state.
+        let error = container_init(req, err_w);
+        report(err_w, &error) as isize
+    }))
+}
+
+/// Runs `child` as a new process on this (the shim's) memory, with the shim stopped until the
+/// child exec's or ends, as `spawn_init` explains.
+fn spawn_on_shim_memory(child: Box<dyn FnMut() -> isize + '_>) -> Result<Pid, String> {
     let size = std::num::NonZeroUsize::new(INIT_STACK).ok_or("no stack size")?;
     // SAFETY: a fresh private mapping, touched by nothing else; `Stack` unmaps it when this
     // function returns, after the child has left it (CLONE_VFORK returns only then).
@@ -552,13 +944,6 @@ fn spawn_init(req: &ContainerLaunch, err_w: &OwnedFd) -> Result<Pid, String> {
     let bytes = unsafe {
         std::slice::from_raw_parts_mut(stack.0.as_ptr().cast::<u8>().add(GUARD), INIT_STACK - GUARD)
     };
-    let child = Box::new(|| -> isize {
-        // Its fds, namespaces and credentials are its own; its memory is the shim's, so it
-        // returns (the clone wrapper then ends it with _exit) rather than run exit handlers
-        // on the shim's state.
-        let error = container_init(req, err_w);
-        report(err_w, &error) as isize
-    });
     // SAFETY: the shim has one thread and holds no lock (it is a fork of the single-threaded
     // launcher), and CLONE_VFORK keeps it stopped while the child runs on its memory, so the
     // child's allocations are those of this thread going on. The child never unwinds into
@@ -668,7 +1053,7 @@ fn build_container(req: &ContainerLaunch, err_w: &OwnedFd) -> Result<Never, Stri
     for m in &req.mounts {
         bind_volume(&root, m)?;
     }
-    mask(&root)?;
+    mask(&root, |_| true)?;
     if req.read_only_root_filesystem || matches!(req.rootfs, Rootfs::Host) {
         step(
             "make the root filesystem read-only",
@@ -736,12 +1121,33 @@ fn mount_root(req: &ContainerLaunch, root: &Path) -> Result<(), String> {
 
 /// `/proc`, a minimal `/dev` and a read-only `/sys`, as runc gives every container.
 fn mount_system(root: &Path) -> Result<(), String> {
-    let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount_proc(root)?;
+    mount_sys(root)?;
+    mount_dev(root)?;
+    mount_mqueue(root)
+}
+
+const NOSUID_NODEV_NOEXEC: MsFlags = MsFlags::MS_NOSUID
+    .union(MsFlags::MS_NODEV)
+    .union(MsFlags::MS_NOEXEC);
+
+/// `/proc` of the PID namespace this process is in.
+fn mount_proc(root: &Path) -> Result<(), String> {
     let proc = mount_point(root, "/proc", true)?;
     step(
         "mount /proc",
-        mount(Some("proc"), &proc, Some("proc"), nosuid, None::<&str>),
-    )?;
+        mount(
+            Some("proc"),
+            &proc,
+            Some("proc"),
+            NOSUID_NODEV_NOEXEC,
+            None::<&str>,
+        ),
+    )
+}
+
+/// `/sys`, read-only; its `class/net` shows the network namespace this process is in.
+fn mount_sys(root: &Path) -> Result<(), String> {
     let sys = mount_point(root, "/sys", true)?;
     step(
         "mount /sys",
@@ -749,10 +1155,15 @@ fn mount_system(root: &Path) -> Result<(), String> {
             Some("sysfs"),
             &sys,
             Some("sysfs"),
-            nosuid | MsFlags::MS_RDONLY,
+            NOSUID_NODEV_NOEXEC | MsFlags::MS_RDONLY,
             None::<&str>,
         ),
-    )?;
+    )
+}
+
+/// `/dev`: a tmpfs with the usual device nodes and links, `pts` and `shm`, and the mount point
+/// of `mqueue` (see [`mount_mqueue`]).
+fn mount_dev(root: &Path) -> Result<(), String> {
     let dev = mount_point(root, "/dev", true)?;
     step(
         "mount /dev",
@@ -801,18 +1212,8 @@ fn mount_system(root: &Path) -> Result<(), String> {
             Some("shm"),
             &dev.join("shm"),
             Some("tmpfs"),
-            nosuid,
+            NOSUID_NODEV_NOEXEC,
             Some("mode=1777,size=65536k"),
-        ),
-    )?;
-    step(
-        "mount /dev/mqueue",
-        mount(
-            Some("mqueue"),
-            &dev.join("mqueue"),
-            Some("mqueue"),
-            nosuid,
-            None::<&str>,
         ),
     )?;
     for (link, target) in [
@@ -826,6 +1227,21 @@ fn mount_system(root: &Path) -> Result<(), String> {
             .map_err(|e| format!("create /dev/{link}: {e}"))?;
     }
     Ok(())
+}
+
+/// `/dev/mqueue`, the POSIX message queues of the IPC namespace this process is in.
+fn mount_mqueue(root: &Path) -> Result<(), String> {
+    let dir = rootfs::resolve_in(root, "/dev/mqueue").map_err(|e| e.to_string())?;
+    step(
+        "mount /dev/mqueue",
+        mount(
+            Some("mqueue"),
+            &dir,
+            Some("mqueue"),
+            NOSUID_NODEV_NOEXEC,
+            None::<&str>,
+        ),
+    )
 }
 
 /// The host path of `path` inside the container's root, created (a directory, or an empty
@@ -874,9 +1290,11 @@ fn bind_volume(root: &Path, m: &BindMount) -> Result<(), String> {
     Ok(())
 }
 
-fn mask(root: &Path) -> Result<(), String> {
+/// Masks the paths of [`MASKED`] and makes those of [`READ_ONLY`] read-only, those of them
+/// `select` picks (a warm container does `/proc`'s ahead and `/sys`'s at adoption).
+fn mask(root: &Path, select: fn(&str) -> bool) -> Result<(), String> {
     let null = root.join("dev/null");
-    for path in MASKED {
+    for path in MASKED.into_iter().filter(|p| select(p)) {
         let host = rootfs::resolve_in(root, path).map_err(|e| e.to_string())?;
         let Ok(meta) = fs::metadata(&host) else {
             continue;
@@ -900,7 +1318,7 @@ fn mask(root: &Path) -> Result<(), String> {
         };
         step(&format!("mask {path}"), r)?;
     }
-    for path in READ_ONLY {
+    for path in READ_ONLY.into_iter().filter(|p| select(p)) {
         let host = rootfs::resolve_in(root, path).map_err(|e| e.to_string())?;
         if !host.exists() {
             continue;

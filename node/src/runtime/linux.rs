@@ -139,7 +139,10 @@ pub fn prepare_run_dir(dir: &Path) -> Result<bool> {
 #[derive(Debug)]
 pub struct LinuxRuntime {
     cfg: LinuxConfig,
-    launcher: Launcher,
+    launcher: Arc<Launcher>,
+    /// The warm containers (`launcher::WarmContainerLaunch`) made on warm layers, by the
+    /// layer's path: the shim's pid, the name the launcher knows it by.
+    warm_inits: Arc<WarmInits>,
     /// A launcher of its own for the warm pool's thread: a refill forks and unshares a
     /// network namespace, about a millisecond, and a pod's container start must not queue
     /// behind it.
@@ -166,6 +169,46 @@ struct LauncherProcess {
     child: Child,
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
+}
+
+/// The warm containers on warm layers (see `LinuxRuntime::warm_inits`).
+#[derive(Debug, Default)]
+struct WarmInits {
+    by_layer: Mutex<HashMap<PathBuf, u32>>,
+    adopted: AtomicU64,
+}
+
+impl WarmInits {
+    /// Asks `launcher` for a warm container on `layer`. A layer without one still serves, the
+    /// way it did before warm containers.
+    fn make(&self, launcher: &Launcher, layer: &Path) {
+        let request = Request::WarmContainer(launcher::WarmContainerLaunch {
+            layer: layer.to_owned(),
+        });
+        match launcher.request(&request) {
+            Ok(shim) => {
+                self.lock().insert(layer.to_owned(), shim);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, layer = %layer.display(), "could not make a warm container")
+            }
+        }
+    }
+
+    fn take(&self, layer: &Path) -> Option<u32> {
+        self.lock().remove(layer)
+    }
+
+    /// Lets the warm container on `layer` go, if it has one, before the layer goes.
+    fn drop_for(&self, launcher: &Launcher, layer: &Path) {
+        if let Some(shim) = self.take(layer) {
+            let _ = launcher.request(&Request::DropWarm { shim });
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, u32>> {
+        self.by_layer.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// `sandbox.json`.
@@ -207,11 +250,22 @@ impl LinuxRuntime {
         let layers_dir = cfg.state_dir.join("layers");
         remove_stale_layers(&layers_dir)?;
         remove_orphan_container_layers(&cfg)?;
+        let launcher = Arc::new(Launcher::new(&cfg.launcher));
+        let warm_inits = Arc::new(WarmInits::default());
         let layers = if cfg.warm_layers > 0 {
+            let (l, inits) = (Arc::clone(&launcher), Arc::clone(&warm_inits));
+            let (l2, inits2) = (Arc::clone(&launcher), Arc::clone(&warm_inits));
             Some(Arc::new(LayerPool::start(
                 cfg.warm_layers,
-                Box::new(move |image| make_layer(&layers_dir, image)),
-                Box::new(destroy_layer),
+                Box::new(move |image| {
+                    let layer = make_layer(&layers_dir, image)?;
+                    inits.make(&l, &layer);
+                    Ok(layer)
+                }),
+                Box::new(move |layer| {
+                    inits2.drop_for(&l2, layer);
+                    destroy_layer(layer);
+                }),
             )?))
         } else {
             None
@@ -225,7 +279,6 @@ impl LinuxRuntime {
             }
             None => None,
         };
-        let launcher = Launcher::new(&cfg.launcher);
         let warm_launcher = Arc::new(Launcher::new(&cfg.launcher));
         let warm = match &network {
             Some((bridge, pool)) if cfg.warm_sandboxes > 0 => {
@@ -242,6 +295,7 @@ impl LinuxRuntime {
         Ok(LinuxRuntime {
             cfg,
             launcher,
+            warm_inits,
             warm_launcher,
             network,
             warm: Mutex::new(warm),
@@ -294,23 +348,78 @@ impl LinuxRuntime {
     }
 
     /// Moves a warm layer over `spec`'s image to `dir`, the container's layer; whether it
-    /// did (if not, the container's layer is made the cold way).
-    fn take_layer(&self, spec: &ContainerSpec, dir: &Path) -> bool {
+    /// did (if not, the container's layer is made the cold way), and the warm container made
+    /// on it, if any.
+    fn take_layer(&self, spec: &ContainerSpec, dir: &Path) -> (bool, Option<u32>) {
         let Rootfs::Image(image) = &spec.rootfs else {
-            return false;
+            return (false, None);
         };
         if spec.read_only_root_filesystem {
-            return false;
+            return (false, None);
         }
         let Some(layer) = self.layer_pool().and_then(|p| p.take(image)) else {
-            return false;
+            return (false, None);
         };
+        let shim = self.warm_inits.take(&layer);
         match fs::rename(&layer, dir) {
-            Ok(()) => true,
+            Ok(()) => (true, shim),
             Err(e) => {
                 tracing::warn!(error = %e, layer = %layer.display(), "could not take a warm layer; making one");
+                if let Some(shim) = shim {
+                    let _ = self.request(&Request::DropWarm { shim });
+                }
                 destroy_layer(&layer);
-                false
+                (false, None)
+            }
+        }
+    }
+
+    /// The shims of the warm containers ready now (for tests of what ends with them).
+    pub fn warm_init_pids(&self) -> Vec<u32> {
+        self.warm_inits.lock().values().copied().collect()
+    }
+
+    /// How many containers started from a warm container (for the benchmark and tests).
+    pub fn warm_inits_adopted(&self) -> u64 {
+        self.warm_inits.adopted.load(Ordering::Relaxed)
+    }
+
+    /// Starts a container's PID 1: from the warm container `warm` if there is one and the
+    /// container can use it, the cold way otherwise (and if the warm one fails).
+    fn launch_container(
+        &self,
+        launch: ContainerLaunch,
+        warm: Option<u32>,
+        sandbox: &Sandbox,
+    ) -> Result<u32> {
+        let Some(shim) = warm else {
+            return self.request(&Request::Container(launch));
+        };
+        // A warm PID 1 has its own PID namespace, and its root left the host's tree
+        // behind, so a volume's source is out of its reach.
+        if !launch.mounts.is_empty() || sandbox.share_process_namespace {
+            let _ = self.request(&Request::DropWarm { shim });
+            return self.request(&Request::Container(launch));
+        }
+        let adoption = Request::AdoptContainer(launcher::AdoptLaunch {
+            shim,
+            sandbox_pid: launch.sandbox_pid,
+            join_network: launch.join_network,
+            cgroup_procs: launch.cgroup_procs.clone(),
+            process: launch.process.clone(),
+            log: launch.log.clone(),
+            exit_file: launch.exit_file.clone(),
+        });
+        match self.request(&adoption) {
+            Ok(pid) => {
+                self.warm_inits.adopted.fetch_add(1, Ordering::Relaxed);
+                Ok(pid)
+            }
+            Err(e) => {
+                // Nothing of the container ran; its cold start reports the same error again
+                // if it is the container's own (a missing program).
+                tracing::warn!(error = %e, shim, "a warm container failed; starting the container the cold way");
+                self.request(&Request::Container(launch))
             }
         }
     }
@@ -1025,7 +1134,7 @@ impl Runtime for LinuxRuntime {
         let dir = self.container_dir(&id);
         fs::create_dir_all(&dir).map_err(Error::io("create container dir", &dir))?;
         let layer = self.layer_dir(&id);
-        let premounted = self.take_layer(spec, &layer);
+        let (premounted, warm_init) = self.take_layer(spec, &layer);
         if !premounted && let Err(e) = make_layer_dirs(&layer) {
             let _ = self.remove_container(&id);
             return Err(e);
@@ -1046,7 +1155,7 @@ impl Runtime for LinuxRuntime {
             capabilities: capabilities(&spec.add_capabilities, &spec.drop_capabilities),
         };
         let started_at = SystemTime::now();
-        let launched = self.request(&Request::Container(ContainerLaunch {
+        let launch = ContainerLaunch {
             sandbox_pid: sandbox.pid,
             join_network: !sandbox.host_network,
             join_pid: sandbox.share_process_namespace,
@@ -1059,8 +1168,8 @@ impl Runtime for LinuxRuntime {
             process: process.clone(),
             log,
             exit_file: dir.join("exit.json"),
-        }));
-        let pid = match launched {
+        };
+        let pid = match self.launch_container(launch, warm_init, sandbox) {
             Ok(pid) => pid,
             Err(e) => {
                 let _ = self.remove_container(&id);
