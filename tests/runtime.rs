@@ -734,7 +734,8 @@ fn a_container_on_a_warm_layer_gets_a_fresh_root_and_the_layer_goes_with_it() {
                 "second",
                 "test ! -e /written && echo mine > /mine && cat /mine && hostname && echo $$ \
                  && ls /sys/class/net && grep -o ' /dev/mqueue mqueue' /proc/mounts \
-                 && grep NoNewPrivs /proc/self/status && ls /proc/self/fd",
+                 && grep NoNewPrivs /proc/self/status && ls /proc/self/fd \
+                 && cut -d' ' -f19 /proc/self/stat",
             ),
         )
         .unwrap();
@@ -744,10 +745,11 @@ fn a_container_on_a_warm_layer_gets_a_fresh_root_and_the_layer_goes_with_it() {
     );
     // It started from the warm container made on that layer: PID 1 of its own namespace,
     // with the pod's hostname, `/sys` of the pod's network namespace (only `lo`, where the
-    // host has more), the pod's message queues, and the same hardening as a cold start.
+    // host has more), the pod's message queues, the same hardening as a cold start, and the
+    // normal priority (nice 0), not that of the refill it was made in.
     assert_eq!(
         node.log(&second),
-        "mine\nrt-layer\n1\nlo\n /dev/mqueue mqueue\nNoNewPrivs:\t1\n0\n1\n2\n3\n"
+        "mine\nrt-layer\n1\nlo\n /dev/mqueue mqueue\nNoNewPrivs:\t1\n0\n1\n2\n3\n0\n"
     );
     assert_eq!(node.rt.layer_stats().unwrap().taken, 1);
     assert_eq!(node.rt.warm_inits_adopted(), 1);
@@ -805,6 +807,12 @@ fn a_container_with_a_volume_on_a_warm_layer_starts_cold_and_its_warm_process_en
         "a warm container on the refilled layer"
     );
     let warm = node.rt.warm_init_pids();
+    // Made ahead at the refills' lower priority.
+    for pid in &warm {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let nice = stat.rsplit(')').next().unwrap().split_whitespace().nth(16);
+        assert_eq!(nice, Some("10"), "{stat}");
+    }
     let vol = tempfile::tempdir().unwrap();
     std::fs::write(vol.path().join("in"), "from the host\n").unwrap();
     let mut spec = node.spec("second", "cat /vol/in");

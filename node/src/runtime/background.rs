@@ -21,7 +21,14 @@ impl Background {
     ) -> Result<Background> {
         let thread = std::thread::Builder::new()
             .name(name.into())
-            .spawn(work)
+            .spawn(move || {
+                // A refill must not hold up the start it refills after (see `priority`);
+                // the threads it starts inherit this.
+                if let Err(e) = super::priority::set_thread_nice(super::priority::BACKGROUND_NICE) {
+                    tracing::debug!(error = %e, "could not lower the refill thread's priority");
+                }
+                work()
+            })
             .map_err(|e| Error::Launch {
                 reason: format!("cannot start the {what} thread: {e}"),
             })?;

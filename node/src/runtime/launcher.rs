@@ -645,6 +645,10 @@ fn warm_container_shim(
     pid_w: OwnedFd,
 ) -> i32 {
     detach_stdio();
+    // Until adopted this is refill work (see `priority`): a process group of its own, which
+    // PID 1 joins too, so the launcher can raise both at once at adoption.
+    let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
+    let _ = super::priority::set_thread_nice(super::priority::BACKGROUND_NICE);
     if let Err(e) = unshare(CloneFlags::CLONE_NEWPID) {
         return report(
             &err_w,
@@ -866,6 +870,8 @@ fn adopt(req: &AdoptLaunch, warm: &mut WarmInits) -> Result<u32, String> {
     if fds.len() > MAX_ADOPT_FDS {
         return Err(format!("too many fds for a warm container ({})", fds.len()));
     }
+    // From here it is the pod's start, no longer refill work.
+    let _ = super::priority::set_group_nice(req.shim, 0);
     let raw: Vec<std::os::fd::RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
     let sent = sendmsg::<()>(
         w.sock.as_raw_fd(),

@@ -52,6 +52,7 @@ use serde::{Deserialize, Serialize};
 
 use super::launcher::{self, ContainerLaunch, ExecLaunch, ExitRecord, Process, Request, Response};
 use super::layers::{LayerPool, LayerStats};
+use super::priority;
 use super::warm::{OWNER_PREFIX, Warm, WarmPool, WarmStats};
 use super::{
     ContainerId, ContainerSpec, ContainerState, EXEC_OUTPUT_LIMIT, ExecOutput, Rootfs, Runtime,
@@ -161,6 +162,8 @@ pub struct LinuxRuntime {
 #[derive(Debug)]
 struct Launcher {
     binary: PathBuf,
+    /// The launcher process's nice value.
+    nice: i32,
     process: Mutex<Option<LauncherProcess>>,
 }
 
@@ -279,7 +282,7 @@ impl LinuxRuntime {
             }
             None => None,
         };
-        let warm_launcher = Arc::new(Launcher::new(&cfg.launcher));
+        let warm_launcher = Arc::new(Launcher::background(&cfg.launcher));
         let warm = match &network {
             Some((bridge, pool)) if cfg.warm_sandboxes > 0 => {
                 let (l, b, p) = (Arc::clone(&warm_launcher), bridge.clone(), pool.clone());
@@ -475,6 +478,10 @@ impl LinuxRuntime {
         for file in procs {
             fs::write(file, w.pid.to_string()).map_err(Error::io("move the warm holder", file))?;
         }
+        // Made at the warm launcher's lower priority; the pod's holder is not refill work.
+        if let Err(e) = priority::set_nice(w.pid, 0) {
+            tracing::debug!(error = %e, pid = w.pid, "could not raise the holder's priority");
+        }
         set_hostname(w.pid, &spec.hostname)?;
         kill(Pid::from_raw(w.pid as i32), Signal::SIGUSR1)
             .map_err(Error::sys(format!("adopt warm sandbox holder {}", w.pid)))?;
@@ -563,16 +570,29 @@ impl Launcher {
     fn new(binary: &Path) -> Launcher {
         Launcher {
             binary: binary.to_owned(),
+            nice: 0,
             process: Mutex::new(None),
+        }
+    }
+
+    /// A launcher for refills, at `priority::BACKGROUND_NICE` (and so is what it forks).
+    fn background(binary: &Path) -> Launcher {
+        Launcher {
+            nice: priority::BACKGROUND_NICE,
+            ..Launcher::new(binary)
         }
     }
 
     /// Sends one request to the launcher, starting it if needed (and again if it died).
     fn request(&self, request: &Request) -> Result<u32> {
-        let line = serde_json::to_string(request).map_err(|e| Error::State {
+        let mut line = serde_json::to_string(request).map_err(|e| Error::State {
             path: self.binary.clone(),
             reason: format!("encode launcher request: {e}"),
         })?;
+        // One write: a line written in two parts (`writeln!` on an unbuffered pipe) wakes
+        // the launcher twice, and a trace showed the second write a few hundred microseconds
+        // late when the agent's thread lost its core in between.
+        line.push('\n');
         let mut guard = self.process.lock().unwrap_or_else(|p| p.into_inner());
         for attempt in 0..2 {
             if guard.is_none() {
@@ -582,8 +602,9 @@ impl Launcher {
                 continue;
             };
             let mut answer = String::new();
-            let sent = writeln!(launcher.stdin, "{line}")
-                .and_then(|()| launcher.stdin.flush())
+            let sent = launcher
+                .stdin
+                .write_all(line.as_bytes())
                 .and_then(|()| launcher.stdout.read_line(&mut answer));
             match sent {
                 Ok(n) if n > 0 => {
@@ -626,6 +647,11 @@ impl Launcher {
             .env_clear()
             .spawn()
             .map_err(Error::io("start the launcher", &self.binary))?;
+        if self.nice != 0
+            && let Err(e) = priority::set_nice(child.id(), self.nice)
+        {
+            tracing::debug!(error = %e, "could not set the launcher's priority");
+        }
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
             let _ = child.kill();
             return Err(Error::Launch {

@@ -15,6 +15,7 @@ pub mod fake;
 pub mod launcher;
 pub mod layers;
 pub mod linux;
+mod priority;
 mod rootfs;
 pub mod warm;
 
