@@ -10,9 +10,11 @@
 //! holder could be starved while a start waits for that lock (tried, see
 //! `docs/benchmarks.md`).
 //!
-//! nix has no `setpriority`, so this calls libc's.
+//! nix has no `setpriority`, so this calls libc's (as nix re-exports it).
 
 use std::io;
+
+use nix::libc;
 
 /// The `nice` of refill work.
 pub const BACKGROUND_NICE: i32 = 10;
