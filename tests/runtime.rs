@@ -463,6 +463,55 @@ fn a_program_missing_from_the_image_fails_the_start_and_the_next_one_starts() {
 }
 
 #[test]
+fn a_missing_program_fails_a_warm_start_too_and_leaves_no_exit_record() {
+    if !common::require_root("a_missing_program_fails_a_warm_start_too_and_leaves_no_exit_record") {
+        return;
+    }
+    let node = Node::build(false, 0, 1);
+    let sb = node.sandbox("rt-warm-noprog", false);
+    let prime = node
+        .rt
+        .start_container(&sb, &node.spec("prime", "true"))
+        .unwrap();
+    node.wait_exit(&prime, Duration::from_secs(10));
+    assert!(
+        wait_until(Duration::from_secs(10), || node.rt.warm_init_pids().len()
+            == 1),
+        "a warm container on the refilled layer"
+    );
+    let mut missing = node.spec("missing", "");
+    missing.argv = vec!["/bin/no-such-program".into()];
+    let err = node
+        .rt
+        .start_container(&sb, &missing)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("/bin/no-such-program"), "{err}");
+    assert_eq!(node.rt.warm_inits_adopted(), 0);
+    let record = common::run_dir(node.state.path())
+        .join("sandboxes")
+        .join(&sb.key)
+        .join("missing.0");
+    assert!(!record.exists(), "nothing of the failed start is left");
+
+    assert!(
+        wait_until(Duration::from_secs(10), || node.rt.warm_init_pids().len()
+            == 1),
+        "a refill"
+    );
+    let id = node
+        .rt
+        .start_container(&sb, &node.spec("next", "echo $((6 * 7))"))
+        .unwrap();
+    assert_eq!(
+        exit_code(&node.wait_exit(&id, Duration::from_secs(10))),
+        Some(0)
+    );
+    assert_eq!(node.log(&id), "42\n");
+    assert_eq!(node.rt.warm_inits_adopted(), 1, "the next one started warm");
+}
+
+#[test]
 fn httpd_in_a_pod_answers_from_the_host_and_pods_get_distinct_ips() {
     if !common::require_root("httpd_in_a_pod_answers_from_the_host_and_pods_get_distinct_ips") {
         return;

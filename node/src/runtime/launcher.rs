@@ -31,6 +31,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, Read, Write};
 use std::mem::ManuallyDrop;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -263,7 +264,7 @@ pub fn main_if_launcher() -> Option<i32> {
 
 fn serve() -> i32 {
     // Anything the agent's parent leaked into us must not reach a container.
-    close_fds_from(3, None);
+    close_fds_from(3, &[]);
     // Our own session: a Ctrl-C at the agent's terminal must not reach the containers, which
     // outlive an agent restart.
     let _ = setsid();
@@ -367,8 +368,14 @@ fn dispatch(request: &Request, warm: &mut WarmInits) -> Result<u32, String> {
         Request::WarmContainer(w) => handle_warm(w, warm),
         Request::AdoptContainer(a) => adopt(a, warm),
         Request::DropWarm { shim } => {
-            // Closing the socket ends the waiting PID 1, and its shim after it.
-            warm.remove(shim);
+            // Closing the socket ends the waiting PID 1, and its shim after it. Answered once
+            // both are gone (the error pipe's end), so the agent can remove the layer
+            // without PID 1 still building its mounts on it.
+            if let Some(w) = warm.remove(shim) {
+                drop(w.sock);
+                let _ = File::from(w.err_r).read_to_end(&mut Vec::new());
+                reap();
+            }
             Ok(*shim)
         }
         other => handle(other, warm),
@@ -532,7 +539,7 @@ fn warm_holder(req: &SandboxLaunch, launcher: Pid, err_w: OwnedFd, pid_w: OwnedF
     send_pid(pid_w, nix::unistd::getpid());
     drop(err_w);
     let _ = nix::unistd::chdir("/");
-    close_fds_from(3, None);
+    close_fds_from(3, &[]);
     while adopt.wait() != Ok(Signal::SIGUSR1) {}
     let _ = nix::sys::prctl::set_pdeathsig(None);
     hold()
@@ -546,7 +553,7 @@ fn hold() -> i32 {
     // coxswain binary) without CAP_SYS_PTRACE, which containers do not have (CVE-2019-5736).
     let _ = nix::sys::prctl::set_dumpable(false);
     let _ = nix::unistd::chdir("/");
-    close_fds_from(3, None);
+    close_fds_from(3, &[]);
     loop {
         match waitpid(None::<Pid>, None) {
             Ok(_) => {}
@@ -655,17 +662,28 @@ fn warm_container_shim(
             &format!("create the container's PID namespace: {e}"),
         );
     }
-    let mut exit_file: Option<PathBuf> = None;
+    // PID 1 writes the exit record's path here just before its exec (and a NUL after it if
+    // the exec failed); the write end closes at the exec. A pipe rather than the memory PID 1
+    // shares with this process: under valgrind a CLONE_VM child gets a copy.
+    let (path_r, path_w) = match pipe2(OFlag::O_CLOEXEC) {
+        Ok(ends) => ends,
+        Err(e) => return report(&err_w, &format!("pipe: {e}")),
+    };
     let spawned = spawn_on_shim_memory(Box::new(|| -> isize {
-        match warm_init(req, &sock, &err_w, &mut exit_file) {
+        match warm_init(req, &sock, &err_w, &path_w) {
             Some(error) => report(&err_w, &error) as isize,
             None => 0,
         }
     }));
+    drop(path_w);
     let child = match spawned {
         Ok(child) => child,
         Err(e) => return report(&err_w, &e),
     };
+    let mut path = Vec::new();
+    let _ = File::from(path_r).read_to_end(&mut path);
+    let exit_file = (!path.is_empty() && !path.contains(&0))
+        .then(|| PathBuf::from(std::ffi::OsString::from_vec(path)));
     match exit_file {
         Some(path) => {
             send_pid(pid_w, child);
@@ -687,22 +705,27 @@ fn warm_init(
     req: &WarmContainerLaunch,
     sock: &OwnedFd,
     err_w: &OwnedFd,
-    exit_file: &mut Option<PathBuf>,
+    path_w: &OwnedFd,
 ) -> Option<String> {
     if let Err(e) = warm_mounts(&req.layer.join("merged")) {
         return Some(e);
+    }
+    // Ready: past the pivot, the layer's path on the host no longer matters, so the agent
+    // may move it (the launcher waits for this before it hands the container over).
+    if let Err(e) = nix::sys::socket::send(sock.as_raw_fd(), b"r", MsgFlags::MSG_NOSIGNAL) {
+        return Some(format!("tell the launcher the container is ready: {e}"));
     }
     let (init, fds) = match receive_adoption(sock) {
         Ok(Some(adoption)) => adoption,
         Ok(None) => return None,
         Err(e) => return Some(e),
     };
-    let error = match adopted(&init, fds, err_w, exit_file) {
+    let error = match adopted(&init, fds, err_w, path_w) {
         Ok(never) => match never {},
         Err(e) => e,
     };
     // No exec: there is no container whose end the shim should record.
-    *exit_file = None;
+    let _ = nix::unistd::write(path_w, b"\0");
     Some(error)
 }
 
@@ -790,7 +813,7 @@ fn adopted(
     init: &AdoptInit,
     fds: Vec<OwnedFd>,
     err_w: &OwnedFd,
-    exit_file: &mut Option<PathBuf>,
+    path_w: &OwnedFd,
 ) -> Result<Never, String> {
     let mut fds = fds.into_iter();
     let mut next = |what: &str| fds.next().ok_or_else(|| format!("no fd for {what}"));
@@ -807,11 +830,14 @@ fn adopted(
             nix::unistd::write(&procs, b"0").map(drop),
         )?;
     }
-    for (name, flag, fd) in &join {
+    for (name, flag, fd) in join {
         step(
             &format!("join the pod's {name} namespace"),
-            setns(fd, *flag),
+            setns(&fd, flag),
         )?;
+        // Closed here, by its drop: `exec_process` closes every fd past stderr, and a drop
+        // after a failed exec would close it a second time.
+        drop(fd);
     }
     step(
         "create the container's cgroup namespace",
@@ -827,8 +853,20 @@ fn adopted(
     enter_working_dir(init.process.working_dir.as_deref())?;
     let null =
         ManuallyDrop::new(File::open("/dev/null").map_err(|e| format!("open /dev/null: {e}"))?);
-    *exit_file = Some(init.exit_file.clone());
-    exec_process(&init.process, &log, &null, err_w)
+    write_all_fd(path_w, init.exit_file.as_os_str().as_bytes())?;
+    exec_process(&init.process, &log, &null, err_w, Some(path_w))
+}
+
+fn write_all_fd(fd: &OwnedFd, mut bytes: &[u8]) -> Result<(), String> {
+    while !bytes.is_empty() {
+        match nix::unistd::write(fd, bytes) {
+            Ok(0) => return Err("write: no progress".to_owned()),
+            Ok(n) => bytes = bytes.get(n..).unwrap_or_default(),
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(format!("write: {e}")),
+        }
+    }
+    Ok(())
 }
 
 /// Hands a warm container its pod: see [`AdoptLaunch`].
@@ -836,6 +874,23 @@ fn adopt(req: &AdoptLaunch, warm: &mut WarmInits) -> Result<u32, String> {
     let w = warm
         .remove(&req.shim)
         .ok_or_else(|| format!("no warm container {}", req.shim))?;
+    // Its mounts may still be in the making (a layer made a moment ago).
+    let mut ready = [0u8; 1];
+    let got = loop {
+        match nix::sys::socket::recv(w.sock.as_raw_fd(), &mut ready, MsgFlags::empty()) {
+            Err(Errno::EINTR) => continue,
+            other => break other,
+        }
+    };
+    if got != Ok(1) {
+        let mut error = String::new();
+        let _ = File::from(w.err_r).read_to_string(&mut error);
+        return Err(if error.is_empty() {
+            "the warm container ended before it was ready".to_owned()
+        } else {
+            error
+        });
+    }
     let init = AdoptInit {
         process: req.process.clone(),
         exit_file: req.exit_file.clone(),
@@ -1075,7 +1130,7 @@ fn build_container(req: &ContainerLaunch, err_w: &OwnedFd) -> Result<Never, Stri
     umask(prior);
     pivot(&root)?;
     enter_working_dir(req.process.working_dir.as_deref())?;
-    exec_process(&req.process, &log, &null, err_w)
+    exec_process(&req.process, &log, &null, err_w, None)
 }
 
 /// `O_CLOEXEC` for `OpenOptions::custom_flags` (std adds it anyway; stated for the reader).
@@ -1376,7 +1431,15 @@ fn enter_working_dir(dir: Option<&str>) -> Result<(), String> {
 
 /// Everything from the container's process settings up to the exec: fds, capabilities,
 /// no_new_privs, user, stdio, and the command. Returns only on failure.
-fn exec_process(p: &Process, out: &File, input: &File, err_w: &OwnedFd) -> Result<Never, String> {
+/// `also_keep` (close-on-exec, like `err_w`) stays open up to the exec too: a warm PID 1's
+/// pipe to its shim, which it writes to if the exec fails.
+fn exec_process(
+    p: &Process,
+    out: &File,
+    input: &File,
+    err_w: &OwnedFd,
+    also_keep: Option<&OwnedFd>,
+) -> Result<Never, String> {
     let program = find_program(p)?;
     let argv = cstrings(&p.argv)?;
     let env = cstrings(
@@ -1390,7 +1453,10 @@ fn exec_process(p: &Process, out: &File, input: &File, err_w: &OwnedFd) -> Resul
     step("set stderr", nix::unistd::dup2_stderr(out))?;
     // Only 0-2 cross the exec: everything else is closed now, and the error pipe closes by
     // itself at the exec (close-on-exec), which tells the launcher the exec happened.
-    close_fds_from(3, Some(err_w.as_raw_fd()));
+    close_fds_from(
+        3,
+        &[err_w.as_raw_fd(), also_keep.map_or(-1, AsRawFd::as_raw_fd)],
+    );
     drop_capabilities(&p.capabilities)?;
     step("set no_new_privs", nix::sys::prctl::set_no_new_privs())?;
     if let Some(gid) = p.group.or(p.user.map(|_| 0)) {
@@ -1468,13 +1534,13 @@ fn drop_capabilities(keep: &[String]) -> Result<(), String> {
 
 /// Closes every fd from `first` up, except `keep`. Listed first, then closed, because closing
 /// while reading `/proc/self/fd` would close the directory's own fd under the reader.
-fn close_fds_from(first: i32, keep: Option<i32>) {
+fn close_fds_from(first: i32, keep: &[i32]) {
     let Ok(dir) = fs::read_dir("/proc/self/fd") else {
         return;
     };
     let fds: Vec<i32> = dir
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .filter(|&fd| fd >= first && Some(fd) != keep)
+        .filter(|&fd| fd >= first && !keep.contains(&fd))
         .collect();
     for fd in fds {
         // The directory's own fd is in the list and already closed by now: EBADF is fine.
@@ -1530,7 +1596,7 @@ fn exec_shim(req: &ExecLaunch, err_w: OwnedFd, pid_w: OwnedFd) -> i32 {
                 )?;
                 let dir = req.process.working_dir.as_deref().unwrap_or("/");
                 step(&format!("enter {dir}"), nix::unistd::chdir(dir))?;
-                exec_process(&req.process, &output, &null, &err_w)
+                exec_process(&req.process, &output, &null, &err_w, None)
             })();
             match error {
                 Ok(never) => match never {},

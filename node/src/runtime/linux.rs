@@ -350,29 +350,29 @@ impl LinuxRuntime {
             .clone()
     }
 
-    /// Moves a warm layer over `spec`'s image to `dir`, the container's layer; whether it
-    /// did (if not, the container's layer is made the cold way), and the warm container made
-    /// on it, if any.
-    fn take_layer(&self, spec: &ContainerSpec, dir: &Path) -> (bool, Option<u32>) {
+    /// Takes a warm layer over `spec`'s image from the pool, if it has one ready, with the
+    /// warm container made on it, if any. The layer is still where the pool made it.
+    fn take_layer(&self, spec: &ContainerSpec) -> Option<(PathBuf, Option<u32>)> {
         let Rootfs::Image(image) = &spec.rootfs else {
-            return (false, None);
+            return None;
         };
         if spec.read_only_root_filesystem {
-            return (false, None);
+            return None;
         }
-        let Some(layer) = self.layer_pool().and_then(|p| p.take(image)) else {
-            return (false, None);
-        };
+        let layer = self.layer_pool().and_then(|p| p.take(image))?;
         let shim = self.warm_inits.take(&layer);
-        match fs::rename(&layer, dir) {
-            Ok(()) => (true, shim),
+        Some((layer, shim))
+    }
+
+    /// Moves a warm layer to `dir`, the container's layer; whether it did (if not, the
+    /// container's layer is made the cold way).
+    fn place_layer(&self, layer: &Path, dir: &Path) -> bool {
+        match fs::rename(layer, dir) {
+            Ok(()) => true,
             Err(e) => {
                 tracing::warn!(error = %e, layer = %layer.display(), "could not take a warm layer; making one");
-                if let Some(shim) = shim {
-                    let _ = self.request(&Request::DropWarm { shim });
-                }
-                destroy_layer(&layer);
-                (false, None)
+                destroy_layer(layer);
+                false
             }
         }
     }
@@ -391,19 +391,12 @@ impl LinuxRuntime {
     /// container can use it, the cold way otherwise (and if the warm one fails).
     fn launch_container(
         &self,
-        launch: ContainerLaunch,
-        warm: Option<u32>,
-        sandbox: &Sandbox,
+        mut launch: ContainerLaunch,
+        warm: Option<(PathBuf, u32)>,
     ) -> Result<u32> {
-        let Some(shim) = warm else {
+        let Some((from, shim)) = warm else {
             return self.request(&Request::Container(launch));
         };
-        // A warm PID 1 has its own PID namespace, and its root left the host's tree
-        // behind, so a volume's source is out of its reach.
-        if !launch.mounts.is_empty() || sandbox.share_process_namespace {
-            let _ = self.request(&Request::DropWarm { shim });
-            return self.request(&Request::Container(launch));
-        }
         let adoption = Request::AdoptContainer(launcher::AdoptLaunch {
             shim,
             sandbox_pid: launch.sandbox_pid,
@@ -415,6 +408,16 @@ impl LinuxRuntime {
         });
         match self.request(&adoption) {
             Ok(pid) => {
+                // Past its pivot (the launcher waited for that), so the layer can move under
+                // it to where the container's other records expect it.
+                if let Err(e) = fs::rename(&from, &launch.layer) {
+                    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                    destroy_layer(&from);
+                    return Err(Error::io(
+                        "move the warm layer to its container",
+                        &launch.layer,
+                    )(e));
+                }
                 self.warm_inits.adopted.fetch_add(1, Ordering::Relaxed);
                 Ok(pid)
             }
@@ -422,6 +425,10 @@ impl LinuxRuntime {
                 // Nothing of the container ran; its cold start reports the same error again
                 // if it is the container's own (a missing program).
                 tracing::warn!(error = %e, shim, "a warm container failed; starting the container the cold way");
+                launch.premounted = self.place_layer(&from, &launch.layer);
+                if !launch.premounted {
+                    make_layer_dirs(&launch.layer)?;
+                }
                 self.request(&Request::Container(launch))
             }
         }
@@ -1160,8 +1167,29 @@ impl Runtime for LinuxRuntime {
         let dir = self.container_dir(&id);
         fs::create_dir_all(&dir).map_err(Error::io("create container dir", &dir))?;
         let layer = self.layer_dir(&id);
-        let (premounted, warm_init) = self.take_layer(spec, &layer);
-        if !premounted && let Err(e) = make_layer_dirs(&layer) {
+        // A layer with a warm container stays where the pool made it until the adoption is
+        // past the container's pivot (see `launch_container`). A warm PID 1 has its own PID
+        // namespace, and its root has left the host's tree behind, so a volume's source is
+        // out of its reach: those containers start cold, on the layer alone.
+        let mut warm = None;
+        let mut premounted = false;
+        if let Some((from, shim)) = self.take_layer(spec) {
+            match shim {
+                Some(shim) if spec.mounts.is_empty() && !sandbox.share_process_namespace => {
+                    warm = Some((from, shim));
+                }
+                other => {
+                    if let Some(shim) = other {
+                        let _ = self.request(&Request::DropWarm { shim });
+                    }
+                    premounted = self.place_layer(&from, &layer);
+                }
+            }
+        }
+        if warm.is_none()
+            && !premounted
+            && let Err(e) = make_layer_dirs(&layer)
+        {
             let _ = self.remove_container(&id);
             return Err(e);
         }
@@ -1195,7 +1223,7 @@ impl Runtime for LinuxRuntime {
             log,
             exit_file: dir.join("exit.json"),
         };
-        let pid = match self.launch_container(launch, warm_init, sandbox) {
+        let pid = match self.launch_container(launch, warm) {
             Ok(pid) => pid,
             Err(e) => {
                 let _ = self.remove_container(&id);
