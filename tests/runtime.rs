@@ -91,6 +91,24 @@ impl Node {
         }
     }
 
+    /// A node keeping one warm layer, and a sandbox `name` on it, after a first container
+    /// of the image has exited: the pool has then made a layer, and a warm container on it.
+    fn with_warm_container(name: &str) -> (Node, Sandbox) {
+        let node = Node::build(false, 0, 1);
+        let sb = node.sandbox(name, false);
+        let first = node
+            .rt
+            .start_container(&sb, &node.spec("first", "true"))
+            .unwrap();
+        node.wait_exit(&first, Duration::from_secs(10));
+        assert!(
+            wait_until(Duration::from_secs(10), || node.rt.warm_init_pids().len()
+                == 1),
+            "a warm container on the refilled layer"
+        );
+        (node, sb)
+    }
+
     fn sandbox(&self, name: &str, share_pid: bool) -> Sandbox {
         let key = format!(
             "test_{name}_{}-{}",
@@ -434,6 +452,19 @@ fn an_escaping_working_dir_is_refused() {
 /// The container's PID 1 runs on the shim's memory until its exec (`spawn_init`): one whose
 /// exec fails reports why (its fds already closed, nothing may close them again), and leaves
 /// the launcher able to start the next.
+/// Starts a container `missing` whose program is not in the image; the start fails and
+/// says which program.
+fn fails_naming_the_missing_program(node: &Node, sb: &Sandbox) {
+    let mut missing = node.spec("missing", "");
+    missing.argv = vec!["/bin/no-such-program".into()];
+    let err = node
+        .rt
+        .start_container(sb, &missing)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("/bin/no-such-program"), "{err}");
+}
+
 #[test]
 fn a_program_missing_from_the_image_fails_the_start_and_the_next_one_starts() {
     if !common::require_root(
@@ -443,14 +474,7 @@ fn a_program_missing_from_the_image_fails_the_start_and_the_next_one_starts() {
     }
     let node = Node::new(false);
     let sb = node.sandbox("rt-noprog", false);
-    let mut missing = node.spec("missing", "");
-    missing.argv = vec!["/bin/no-such-program".into()];
-    let err = node
-        .rt
-        .start_container(&sb, &missing)
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("/bin/no-such-program"), "{err}");
+    fails_naming_the_missing_program(&node, &sb);
 
     let mut next = node.spec("next", "echo $((6 * 7))");
     next.attempt = 1;
@@ -467,26 +491,8 @@ fn a_missing_program_fails_a_warm_start_too_and_leaves_no_exit_record() {
     if !common::require_root("a_missing_program_fails_a_warm_start_too_and_leaves_no_exit_record") {
         return;
     }
-    let node = Node::build(false, 0, 1);
-    let sb = node.sandbox("rt-warm-noprog", false);
-    let prime = node
-        .rt
-        .start_container(&sb, &node.spec("prime", "true"))
-        .unwrap();
-    node.wait_exit(&prime, Duration::from_secs(10));
-    assert!(
-        wait_until(Duration::from_secs(10), || node.rt.warm_init_pids().len()
-            == 1),
-        "a warm container on the refilled layer"
-    );
-    let mut missing = node.spec("missing", "");
-    missing.argv = vec!["/bin/no-such-program".into()];
-    let err = node
-        .rt
-        .start_container(&sb, &missing)
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("/bin/no-such-program"), "{err}");
+    let (node, sb) = Node::with_warm_container("rt-warm-noprog");
+    fails_naming_the_missing_program(&node, &sb);
     assert_eq!(node.rt.warm_inits_adopted(), 0);
     let record = common::run_dir(node.state.path())
         .join("sandboxes")
@@ -843,18 +849,7 @@ fn a_container_with_a_volume_on_a_warm_layer_starts_cold_and_its_warm_process_en
     ) {
         return;
     }
-    let node = Node::build(false, 0, 1);
-    let sb = node.sandbox("rt-warm-vol", false);
-    let first = node
-        .rt
-        .start_container(&sb, &node.spec("first", "true"))
-        .unwrap();
-    node.wait_exit(&first, Duration::from_secs(10));
-    assert!(
-        wait_until(Duration::from_secs(10), || node.rt.warm_init_pids().len()
-            == 1),
-        "a warm container on the refilled layer"
-    );
+    let (node, sb) = Node::with_warm_container("rt-warm-vol");
     let warm = node.rt.warm_init_pids();
     // Made ahead at the refills' lower priority.
     for pid in &warm {

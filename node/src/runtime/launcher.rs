@@ -734,19 +734,9 @@ fn warm_init(
 /// namespace this process is PID 1 of), `/dev` without `mqueue`, `/proc`'s masked and
 /// read-only paths, and the pivot.
 fn warm_mounts(root: &Path) -> Result<(), String> {
-    step(
+    own_mount_namespace(
         "create the container's mount namespace",
-        unshare(CloneFlags::CLONE_NEWNS),
-    )?;
-    step(
-        "make / a slave mount",
-        mount(
-            None::<&str>,
-            "/",
-            None::<&str>,
-            MsFlags::MS_REC | MsFlags::MS_SLAVE,
-            None::<&str>,
-        ),
+        CloneFlags::empty(),
     )?;
     let prior = umask(Mode::empty());
     let built = mount_proc(root)
@@ -1066,6 +1056,22 @@ fn container_init(req: &ContainerLaunch, err_w: &OwnedFd) -> String {
     }
 }
 
+/// Unshares a mount namespace (and `also`) and makes every mount in it a slave: no mount made
+/// in it may propagate back to the host.
+fn own_mount_namespace(what: &str, also: CloneFlags) -> Result<(), String> {
+    step(what, unshare(CloneFlags::CLONE_NEWNS | also))?;
+    step(
+        "make / a slave mount",
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_SLAVE,
+            None::<&str>,
+        ),
+    )
+}
+
 /// The uninhabited success of a function that ends in exec.
 enum Never {}
 
@@ -1092,20 +1098,9 @@ fn build_container(req: &ContainerLaunch, err_w: &OwnedFd) -> Result<Never, Stri
     for procs in &req.cgroup_procs {
         fs::write(procs, "0").map_err(|e| format!("join cgroup {}: {e}", procs.display()))?;
     }
-    step(
+    own_mount_namespace(
         "create the container's mount and cgroup namespaces",
-        unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWCGROUP),
-    )?;
-    // No mount made here may propagate back to the host.
-    step(
-        "make / a slave mount",
-        mount(
-            None::<&str>,
-            "/",
-            None::<&str>,
-            MsFlags::MS_REC | MsFlags::MS_SLAVE,
-            None::<&str>,
-        ),
+        CloneFlags::CLONE_NEWCGROUP,
     )?;
     let root = req.layer.join("merged");
     mount_root(req, &root)?;
