@@ -22,6 +22,10 @@
 //!   default set, sets `no_new_privs`, switches user and exec's the command. Nothing of the
 //!   agent (its binary, its fds, its mounts) is reachable from the workload after that exec.
 //!
+//! A **warm container** ([`WarmContainerLaunch`]) is that tree made before any pod asks for
+//! it: the init does the part of its work that does not depend on the pod, then waits on a
+//! socket until [`AdoptLaunch`] hands it the pod's namespaces, cgroups and process.
+//!
 //! Errors before the exec come back through a close-on-exec pipe: EOF means the exec
 //! happened, bytes are the reason it did not (the way runc and youki report them).
 
