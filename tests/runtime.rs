@@ -452,6 +452,18 @@ fn an_escaping_working_dir_is_refused() {
 /// The container's PID 1 runs on the shim's memory until its exec (`spawn_init`): one whose
 /// exec fails reports why (its fds already closed, nothing may close them again), and leaves
 /// the launcher able to start the next.
+/// The nice value of process `pid` (field 19 of its `stat`).
+fn nice_of(pid: u32) -> i32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    fields[16].parse().unwrap()
+}
+
 /// Starts a container `missing` whose program is not in the image; the start fails and
 /// says which program.
 fn fails_naming_the_missing_program(node: &Node, sb: &Sandbox) {
@@ -808,6 +820,11 @@ fn a_container_on_a_warm_layer_gets_a_fresh_root_and_the_layer_goes_with_it() {
     );
     assert_eq!(node.rt.layer_stats().unwrap().taken, 1);
     assert_eq!(node.rt.warm_inits_adopted(), 1);
+    // The launcher (there is no warm sandbox pool here, so no second one) is at the normal
+    // priority, whichever thread happened to start it: its cold containers inherit it.
+    let launchers = node.rt.launcher_pids();
+    assert_eq!(launchers.len(), 1, "{launchers:?}");
+    assert_eq!(nice_of(launchers[0]), 0);
     let second_dir = state
         .join("containers")
         .join(format!("{}.second.0", sb.key));
@@ -853,9 +870,7 @@ fn a_container_with_a_volume_on_a_warm_layer_starts_cold_and_its_warm_process_en
     let warm = node.rt.warm_init_pids();
     // Made ahead at the refills' lower priority.
     for pid in &warm {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-        let nice = stat.rsplit(')').next().unwrap().split_whitespace().nth(16);
-        assert_eq!(nice, Some("10"), "{stat}");
+        assert_eq!(nice_of(*pid), 10);
     }
     let vol = tempfile::tempdir().unwrap();
     std::fs::write(vol.path().join("in"), "from the host\n").unwrap();

@@ -654,10 +654,11 @@ impl Launcher {
             .env_clear()
             .spawn()
             .map_err(Error::io("start the launcher", &self.binary))?;
-        if self.nice != 0
-            && let Err(e) = priority::set_nice(child.id(), self.nice)
-        {
-            tracing::debug!(error = %e, "could not set the launcher's priority");
+        // Set either way: a child starts with the nice value of the thread that forked it,
+        // and the main launcher may be started by a refill thread (a warm container's
+        // request), whose lower priority every container it starts would then inherit.
+        if let Err(e) = priority::set_nice(child.id(), self.nice) {
+            tracing::warn!(error = %e, nice = self.nice, "could not set the launcher's priority");
         }
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
             let _ = child.kill();
