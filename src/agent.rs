@@ -77,7 +77,9 @@ pub struct NodeArgs {
     #[arg(long, default_value_t = DEFAULT_WARM_SANDBOXES)]
     warm_sandboxes: usize,
     /// How many container layers (the writable layer and the overlay over the image) to keep
-    /// mounted ahead for each of the last images containers started from; 0 turns this off.
+    /// mounted ahead for each of the last images containers started from, each with a
+    /// container's first process made on it (its mounts built, waiting for a pod); 0 turns
+    /// this off.
     #[arg(long, default_value_t = DEFAULT_WARM_LAYERS)]
     warm_layers: usize,
     /// A container log is rotated once it holds this many bytes (the kubelet's

@@ -84,7 +84,8 @@ pub struct LinuxConfig {
     /// off. Used only with a `network`.
     pub warm_sandboxes: usize,
     /// How many container layers to keep mounted ahead for each of the images containers
-    /// were started from last (see [`super::layers`]); 0 turns this off.
+    /// were started from last (see [`super::layers`]), each with a warm container on it
+    /// (`launcher::WarmContainerLaunch`); 0 turns this off.
     pub warm_layers: usize,
 }
 
