@@ -377,7 +377,7 @@ fn dispatch(request: &Request, warm: &mut WarmInits) -> Result<u32, String> {
             // without PID 1 still building its mounts on it.
             if let Some(w) = warm.remove(shim) {
                 drop(w.sock);
-                let _ = File::from(w.err_r).read_to_end(&mut Vec::new());
+                read_error(w.err_r);
                 reap();
             }
             Ok(*shim)
@@ -417,33 +417,37 @@ fn handle(request: &Request, warm: &mut WarmInits) -> Result<u32, String> {
         ForkResult::Parent { .. } => {
             drop(err_w);
             drop(pid_w);
-            let mut pid = Vec::new();
-            let _ = File::from(pid_r).read_to_end(&mut pid);
-            let mut error = String::new();
-            let _ = File::from(err_r).read_to_string(&mut error);
+            let pid = read_pid(pid_r);
+            let error = read_error(err_r);
             reap();
             if !error.is_empty() {
                 return Err(error);
             }
-            let bytes: [u8; 4] = pid
-                .get(..4)
-                .and_then(|b| b.try_into().ok())
-                .ok_or_else(|| "the process ended before it started".to_owned())?;
-            Ok(u32::from_le_bytes(bytes))
+            pid.ok_or_else(|| "the process ended before it started".to_owned())
         }
     }
 }
 
 /// Writes an error for the launcher to read, and returns the exit code of a failed child.
 fn report(err_w: &OwnedFd, message: &str) -> i32 {
-    let mut rest = message.as_bytes();
-    while !rest.is_empty() {
-        match nix::unistd::write(err_w, rest) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => rest = rest.get(n..).unwrap_or_default(),
-        }
-    }
+    let _ = write_all_fd(err_w, message.as_bytes());
     127
+}
+
+/// Reads an error pipe to its end: empty once every writer closed it without a word (an exec
+/// happened, or a warm container ended quietly).
+fn read_error(err_r: OwnedFd) -> String {
+    let mut error = String::new();
+    let _ = File::from(err_r).read_to_string(&mut error);
+    error
+}
+
+/// Reads the pid a child's `send_pid` wrote, to the pipe's end; `None` if it wrote none.
+fn read_pid(pid_r: OwnedFd) -> Option<u32> {
+    let mut pid = Vec::new();
+    let _ = File::from(pid_r).read_to_end(&mut pid);
+    let bytes: [u8; 4] = pid.get(..4)?.try_into().ok()?;
+    Some(u32::from_le_bytes(bytes))
 }
 
 fn send_pid(pid_w: OwnedFd, pid: Pid) {
@@ -646,8 +650,8 @@ fn handle_warm(req: &WarmContainerLaunch, warm: &mut WarmInits) -> Result<u32, S
 }
 
 /// The shim of a warm container: a PID namespace, and in it PID 1 on this process's memory
-/// (as [`spawn_init`]), which builds the container's mounts and waits. PID 1 leaves the path
-/// of the exit record in `exit_file` just before its exec; if it ends without one (let go
+/// (as [`spawn_init`]), which builds the container's mounts and waits. PID 1 sends the path
+/// of the exit record over a pipe just before its exec; if it ends without one (let go
 /// before adoption, or failed), there is nothing to record.
 fn warm_container_shim(
     req: &WarmContainerLaunch,
@@ -877,8 +881,7 @@ fn adopt(req: &AdoptLaunch, warm: &mut WarmInits) -> Result<u32, String> {
         }
     };
     if got != Ok(1) {
-        let mut error = String::new();
-        let _ = File::from(w.err_r).read_to_string(&mut error);
+        let error = read_error(w.err_r);
         return Err(if error.is_empty() {
             "the warm container ended before it was ready".to_owned()
         } else {
@@ -931,20 +934,14 @@ fn adopt(req: &AdoptLaunch, warm: &mut WarmInits) -> Result<u32, String> {
     );
     drop(fds);
     drop(w.sock);
-    let mut error = String::new();
-    let _ = File::from(w.err_r).read_to_string(&mut error);
+    let error = read_error(w.err_r);
     if !error.is_empty() {
         return Err(error);
     }
     sent.map_err(|e| format!("hand the container to its warm process: {e}"))?;
-    let mut pid = Vec::new();
-    let _ = File::from(w.pid_r).read_to_end(&mut pid);
+    let pid = read_pid(w.pid_r);
     reap();
-    let bytes: [u8; 4] = pid
-        .get(..4)
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| "the warm container ended before it started".to_owned())?;
-    Ok(u32::from_le_bytes(bytes))
+    pid.ok_or_else(|| "the warm container ended before it started".to_owned())
 }
 
 /// The stack the container's PID 1 runs on until its exec. Far more than `build_container`
