@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use coxswain_node::cgroup::Resources;
+use coxswain_node::cgroup::{Cgroup, CgroupVersion, Resources};
 use coxswain_node::image::ImageStore;
 use coxswain_node::net::BridgeConfig;
 use coxswain_node::runtime::linux::{LinuxConfig, LinuxRuntime, prepare_run_dir};
@@ -714,6 +714,66 @@ fn a_warm_sandbox_becomes_the_pods_with_its_hostname_ip_and_cgroup() {
         owners.iter().all(|(_, o)| !o.starts_with("warm-")),
         "{owners:?}"
     );
+}
+
+#[test]
+fn a_warm_sandbox_takes_the_pods_resources_with_its_cgroup() {
+    if !common::require_root("a_warm_sandbox_takes_the_pods_resources_with_its_cgroup") {
+        return;
+    }
+    let node = Node::with_warm(1);
+    assert!(
+        node.rt.wait_warm(Duration::from_secs(20)),
+        "{:?}",
+        node.rt.warm_stats()
+    );
+    let key = format!("test_rt-warm-res_{}", std::process::id());
+    node.sandboxes.lock().unwrap().push(key.clone());
+    let resources = Resources {
+        cpu_limit_millis: Some(500),
+        memory_limit_bytes: Some(256 << 20),
+        ..Resources::default()
+    };
+    let sb = node
+        .rt
+        .run_sandbox(&SandboxSpec {
+            key: key.clone(),
+            hostname: "rt-warm-res".to_owned(),
+            host_network: false,
+            share_process_namespace: false,
+            resources,
+        })
+        .unwrap();
+    assert_eq!(node.rt.warm_stats().unwrap().taken, 1);
+    let pod = Cgroup::open(&format!("coxswain/{key}")).unwrap().unwrap();
+    let cgroups = std::fs::read_to_string(format!("/proc/{}/cgroup", sb.pid)).unwrap();
+    assert!(
+        cgroups.contains(&format!("/coxswain/{key}/sandbox")),
+        "{cgroups}"
+    );
+    let file = |controller: &str, v1: &str, v2: &str| {
+        let dir = pod
+            .paths()
+            .iter()
+            .find(|d| d.controllers.iter().any(|c| c == controller))
+            .unwrap()
+            .path
+            .clone();
+        let name = match pod.version() {
+            CgroupVersion::V1 => v1,
+            CgroupVersion::V2 => v2,
+        };
+        std::fs::read_to_string(dir.join(name))
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(
+        file("memory", "memory.limit_in_bytes", "memory.max"),
+        (256u64 << 20).to_string()
+    );
+    let quota = file("cpu", "cpu.cfs_quota_us", "cpu.max");
+    assert!(quota.starts_with("50000"), "{quota}");
 }
 
 #[test]

@@ -45,6 +45,10 @@ pub const PARENT: &str = "coxswain";
 /// The CFS period, in microseconds: the kernel's default, and the kubelet's.
 pub const CPU_PERIOD_US: u64 = 100_000;
 
+/// The weight the kernel gives a new cgroup: v1 `cpu.shares`, v2 `cpu.weight`.
+const DEFAULT_SHARES: u64 = 1024;
+const DEFAULT_WEIGHT: u64 = 100;
+
 /// The fewest cpu shares a cgroup gets (the kernel's minimum); what a container or pod with
 /// no cpu request gets, as a BestEffort pod does in Kubernetes.
 pub const MIN_SHARES: u64 = 2;
@@ -281,8 +285,12 @@ impl Cgroup {
     /// On v2 a cgroup with child cgroups may hold no processes of its own (the kernel's "no
     /// internal processes" rule), so processes go into the leaves (containers).
     pub fn create(path: &str, res: &Resources) -> Result<Cgroup> {
+        // One look before: a new cgroup starts at the kernel's defaults, which `apply` then
+        // need not write again (three syscalls a value, a few values a cgroup, three cgroups
+        // a pod start).
+        let fresh = !Self::v1_or_unified_dir(path).is_dir();
         let cgroup = Self::make(path)?;
-        cgroup.apply(res)?;
+        cgroup.apply_from(res, fresh)?;
         tracing::debug!(path, version = ?cgroup.version, ?res, "cgroup created");
         Ok(cgroup)
     }
@@ -291,15 +299,19 @@ impl Cgroup {
     /// restarted finds the cgroups of the containers it adopts. `None` if it is gone.
     pub fn open(path: &str) -> Result<Option<Cgroup>> {
         check_path(path)?;
-        let version = CgroupVersion::detect();
-        let root = match version {
-            CgroupVersion::V1 => PathBuf::from("/sys/fs/cgroup/memory"),
-            CgroupVersion::V2 => PathBuf::from("/sys/fs/cgroup"),
-        };
-        if !root.join(path).is_dir() {
+        if !Self::v1_or_unified_dir(path).is_dir() {
             return Ok(None);
         }
         Self::make(path).map(Some)
+    }
+
+    /// The directory of `path` in the memory hierarchy (v1) or the unified one (v2): where
+    /// to look whether a cgroup exists.
+    fn v1_or_unified_dir(path: &str) -> PathBuf {
+        match CgroupVersion::detect() {
+            CgroupVersion::V1 => Path::new("/sys/fs/cgroup/memory").join(path),
+            CgroupVersion::V2 => Path::new("/sys/fs/cgroup").join(path),
+        }
     }
 
     /// Creates the cgroup's directories, or takes over existing ones, without setting limits.
@@ -333,9 +345,12 @@ impl Cgroup {
 
         // On v1 cgroups-rs makes each controller's directory with one mkdir, so the first two
         // pods of a fresh node, made at once, race to create their common parent and one of
-        // them fails. The parents are made here, where an existing one is fine.
+        // them fails. The parents are made here, where an existing one is fine; when the
+        // parent is there in the memory hierarchy (all but a node's first pod) one look
+        // stands for the ten calls of making sure in each.
         if version == CgroupVersion::V1
             && let Some((parent, _)) = path.rsplit_once('/')
+            && !Self::v1_or_unified_dir(parent).is_dir()
         {
             for sub in version.hierarchy().subsystems() {
                 if wanted.contains(&sub.controller_name()) {
@@ -404,21 +419,36 @@ impl Cgroup {
     /// Sets every limit of `res`, lifting those it leaves unset, so applying to a cgroup that
     /// already exists (after an agent restart, or to resize in place) leaves no old value.
     pub fn apply(&self, res: &Resources) -> Result<()> {
+        self.apply_from(res, false)
+    }
+
+    /// [`Cgroup::apply`]; with `fresh`, for a cgroup just made, a value the kernel starts a
+    /// new cgroup at (no quota, no memory or pids limit, the default weight) is not written.
+    fn apply_from(&self, res: &Resources, fresh: bool) -> Result<()> {
         let path = self.path.as_str();
         let cpu: &CpuController = self.controller("cpu")?;
         let weight = match self.version {
             CgroupVersion::V1 => res.cpu_shares(),
             CgroupVersion::V2 => res.cpu_weight(),
         };
-        cpu.set_shares(weight)
-            .map_err(cg_err(path, "set cpu weight"))?;
+        let default_weight = match self.version {
+            CgroupVersion::V1 => DEFAULT_SHARES,
+            CgroupVersion::V2 => DEFAULT_WEIGHT,
+        };
+        if !(fresh && weight == default_weight) {
+            cpu.set_shares(weight)
+                .map_err(cg_err(path, "set cpu weight"))?;
+        }
         let quota = match res.cpu_quota_us() {
             Some(q) => i64::try_from(q).map_err(|_| too_big(path, "cpu limit"))?,
             // -1 is v1's "no quota"; cgroups-rs writes it as `max` on v2.
             None => -1,
         };
-        cpu.set_cfs_quota_and_period(Some(quota), Some(CPU_PERIOD_US))
-            .map_err(cg_err(path, "set cpu quota"))?;
+        // A new cgroup has no quota and the default period, which is ours.
+        if !(fresh && quota == -1) {
+            cpu.set_cfs_quota_and_period(Some(quota), Some(CPU_PERIOD_US))
+                .map_err(cg_err(path, "set cpu quota"))?;
+        }
 
         let memory: &MemController = self.controller("memory")?;
         let limit = match res.memory_limit_bytes.filter(|&b| b > 0) {
@@ -427,6 +457,8 @@ impl Cgroup {
         };
         let dir = memory.path();
         match self.version {
+            // Nothing to lift or set: a new cgroup has no memory (nor memory+swap) limit.
+            CgroupVersion::V1 if fresh && limit == -1 => {}
             CgroupVersion::V1 => {
                 // Swap off, as the kubelet has it, so the limit is a limit and not a slow
                 // spill to disk. v1 wants memory+swap >= memory at every step: lift it, set
@@ -448,9 +480,11 @@ impl Cgroup {
                 }
             }
             CgroupVersion::V2 => {
-                memory
-                    .set_limit(limit)
-                    .map_err(cg_err(path, "set memory.max"))?;
+                if !(fresh && limit == -1) {
+                    memory
+                        .set_limit(limit)
+                        .map_err(cg_err(path, "set memory.max"))?;
+                }
                 // On v2 this file is swap alone; 0 is the kubelet's NoSwap.
                 if dir.join("memory.swap.max").exists() {
                     memory
@@ -465,8 +499,10 @@ impl Cgroup {
             Some(n) => MaxValue::Value(i64::try_from(n).map_err(|_| too_big(path, "pids max"))?),
             None => MaxValue::Max,
         };
-        pids.set_pid_max(max)
-            .map_err(cg_err(path, "set pids.max"))?;
+        if !(fresh && max == MaxValue::Max) {
+            pids.set_pid_max(max)
+                .map_err(cg_err(path, "set pids.max"))?;
+        }
         Ok(())
     }
 

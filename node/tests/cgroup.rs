@@ -435,3 +435,39 @@ fn drop_removes_an_empty_cgroup_but_not_a_busy_one() {
     let again = CgroupGuard(Cgroup::create(&path, &Resources::default()).unwrap());
     assert_eq!(again.procs(), vec![held.pid()]);
 }
+
+#[test]
+fn create_over_a_cgroup_that_exists_lifts_its_old_limits() {
+    if !support::require_root("create_over_a_cgroup_that_exists_lifts_its_old_limits") {
+        return;
+    }
+    // A new cgroup is not written the kernel's defaults; one that exists must still be, or
+    // a limit of its earlier life would stay.
+    let limited = Resources {
+        cpu_limit_millis: Some(500),
+        memory_limit_bytes: Some(64 * MIB),
+        pids_max: Some(50),
+        ..Resources::default()
+    };
+    let first = CgroupGuard::create("recreate", &limited);
+    assert_eq!(read(&first, "pids", "pids.max"), "50");
+    let again = Cgroup::create(first.path(), &Resources::default()).unwrap();
+    assert_eq!(read(&again, "pids", "pids.max"), "max");
+    match again.version() {
+        CgroupVersion::V1 => {
+            assert_eq!(read(&again, "cpu", "cpu.cfs_quota_us"), "-1");
+            let memory: u64 = read(&again, "memory", "memory.limit_in_bytes")
+                .parse()
+                .unwrap();
+            assert!(memory > 1 << 60, "{memory}");
+        }
+        CgroupVersion::V2 => {
+            assert!(read(&again, "cpu", "cpu.max").starts_with("max"));
+            assert_eq!(read(&again, "memory", "memory.max"), "max");
+        }
+    }
+    // The fresh one reads the same defaults without them having been written.
+    let fresh = CgroupGuard::create("fresh", &Resources::default());
+    assert_eq!(read(&fresh, "pids", "pids.max"), "max");
+    drop(again);
+}
