@@ -449,9 +449,6 @@ fn an_escaping_working_dir_is_refused() {
     assert!(err.contains("workingDir") && err.contains(".."), "{err}");
 }
 
-/// The container's PID 1 runs on the shim's memory until its exec (`spawn_init`): one whose
-/// exec fails reports why (its fds already closed, nothing may close them again), and leaves
-/// the launcher able to start the next.
 /// The nice value of process `pid` (field 19 of its `stat`).
 fn nice_of(pid: u32) -> i32 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
@@ -477,6 +474,9 @@ fn fails_naming_the_missing_program(node: &Node, sb: &Sandbox) {
     assert!(err.contains("/bin/no-such-program"), "{err}");
 }
 
+/// The container's PID 1 runs on the shim's memory until its exec (`spawn_init`): one whose
+/// exec fails reports why (its fds already closed, nothing may close them again), and leaves
+/// the launcher able to start the next.
 #[test]
 fn a_program_missing_from_the_image_fails_the_start_and_the_next_one_starts() {
     if !common::require_root(

@@ -427,13 +427,9 @@ impl Cgroup {
     fn apply_from(&self, res: &Resources, fresh: bool) -> Result<()> {
         let path = self.path.as_str();
         let cpu: &CpuController = self.controller("cpu")?;
-        let weight = match self.version {
-            CgroupVersion::V1 => res.cpu_shares(),
-            CgroupVersion::V2 => res.cpu_weight(),
-        };
-        let default_weight = match self.version {
-            CgroupVersion::V1 => DEFAULT_SHARES,
-            CgroupVersion::V2 => DEFAULT_WEIGHT,
+        let (weight, default_weight) = match self.version {
+            CgroupVersion::V1 => (res.cpu_shares(), DEFAULT_SHARES),
+            CgroupVersion::V2 => (res.cpu_weight(), DEFAULT_WEIGHT),
         };
         if !(fresh && weight == default_weight) {
             cpu.set_shares(weight)

@@ -365,17 +365,21 @@ impl LinuxRuntime {
         Some((layer, shim))
     }
 
-    /// Moves a warm layer to `dir`, the container's layer; whether it did (if not, the
-    /// container's layer is made the cold way).
-    fn place_layer(&self, layer: &Path, dir: &Path) -> bool {
-        match fs::rename(layer, dir) {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::warn!(error = %e, layer = %layer.display(), "could not take a warm layer; making one");
-                destroy_layer(layer);
-                false
+    /// Gives a cold start its layer at `dir`: the warm layer `warm` moved there if there is
+    /// one and it moves, the directories of a new one otherwise. Whether it is mounted
+    /// already (`ContainerLaunch::premounted`).
+    fn cold_layer(&self, warm: Option<&Path>, dir: &Path) -> Result<bool> {
+        if let Some(layer) = warm {
+            match fs::rename(layer, dir) {
+                Ok(()) => return Ok(true),
+                Err(e) => {
+                    tracing::warn!(error = %e, layer = %layer.display(), "could not take a warm layer; making one");
+                    destroy_layer(layer);
+                }
             }
         }
+        make_layer_dirs(dir)?;
+        Ok(false)
     }
 
     /// The shims of the warm containers ready now (for tests of what ends with them).
@@ -426,10 +430,7 @@ impl LinuxRuntime {
                 // Nothing of the container ran; its cold start reports the same error again
                 // if it is the container's own (a missing program).
                 tracing::warn!(error = %e, shim, "a warm container failed; starting the container the cold way");
-                launch.premounted = self.place_layer(&from, &launch.layer);
-                if !launch.premounted {
-                    make_layer_dirs(&launch.layer)?;
-                }
+                launch.premounted = self.cold_layer(Some(&from), &launch.layer)?;
                 self.request(&Request::Container(launch))
             }
         }
@@ -1175,28 +1176,28 @@ impl Runtime for LinuxRuntime {
         // past the container's pivot (see `launch_container`). A warm PID 1 has its own PID
         // namespace, and its root has left the host's tree behind, so a volume's source is
         // out of its reach: those containers start cold, on the layer alone.
-        let mut warm = None;
-        let mut premounted = false;
-        if let Some((from, shim)) = self.take_layer(spec) {
-            match shim {
-                Some(shim) if spec.mounts.is_empty() && !sandbox.share_process_namespace => {
-                    warm = Some((from, shim));
+        let usable = spec.mounts.is_empty() && !sandbox.share_process_namespace;
+        let (warm, spare) = match self.take_layer(spec) {
+            Some((from, Some(shim))) if usable => (Some((from, shim)), None),
+            Some((from, shim)) => {
+                if let Some(shim) = shim {
+                    let _ = self.request(&Request::DropWarm { shim });
                 }
-                other => {
-                    if let Some(shim) = other {
-                        let _ = self.request(&Request::DropWarm { shim });
-                    }
-                    premounted = self.place_layer(&from, &layer);
+                (None, Some(from))
+            }
+            None => (None, None),
+        };
+        let premounted = if warm.is_some() {
+            false
+        } else {
+            match self.cold_layer(spare.as_deref(), &layer) {
+                Ok(premounted) => premounted,
+                Err(e) => {
+                    let _ = self.remove_container(&id);
+                    return Err(e);
                 }
             }
-        }
-        if warm.is_none()
-            && !premounted
-            && let Err(e) = make_layer_dirs(&layer)
-        {
-            let _ = self.remove_container(&id);
-            return Err(e);
-        }
+        };
         let log = self.log_path(&id);
         if let Some(parent) = log.parent() {
             fs::create_dir_all(parent).map_err(Error::io("create log dir", parent))?;
