@@ -11,9 +11,8 @@ use std::time::Duration;
 
 use openraft::BasicNode;
 use openraft::error::{CheckIsLeaderError, RaftError};
-use tokio::sync::{mpsc, oneshot};
 
-use crate::batcher::{self, Pending};
+use crate::batcher::{self, Batcher};
 use crate::client::Peer;
 use crate::cluster_id::ClusterId;
 use crate::error::{Error, Result};
@@ -204,7 +203,7 @@ struct Inner {
     advertise: String,
     raft: Raft,
     sm: StateMachine,
-    batch: mpsc::Sender<Pending>,
+    batch: Arc<Batcher>,
     limits: Limits,
     peer: Peer,
     cluster: ClusterId,
@@ -296,7 +295,7 @@ impl Member {
                 .map_err(|e| Error::Raft(e.to_string()))?;
         }
         follow_voters(&raft, in_place.clone());
-        let batch = batcher::spawn(raft.clone(), cfg.in_flight);
+        let batch = Batcher::start(raft.clone(), cfg.in_flight);
         Ok(Member {
             inner: Arc::new(Inner {
                 id: cfg.id,
@@ -442,13 +441,43 @@ impl Member {
         self.propose(txn).await
     }
 
+    /// Several independent txns that came together (`POST /v1/txns`): each is checked and
+    /// answered as if it had come alone, so one bad txn fails only itself, but they reach the
+    /// batcher together and share entries. Txns a follower cannot answer go to the leader.
+    pub async fn txns(&self, txns: Vec<Txn>) -> Vec<Result<TxnResult>> {
+        let mut checked = Vec::with_capacity(txns.len());
+        let mut valid = Vec::new();
+        for txn in txns {
+            match self.inner.limits.check_txn(&txn) {
+                Ok(()) => {
+                    valid.push(txn.clone());
+                    checked.push(Ok(txn));
+                }
+                Err(e) => checked.push(Err(e)),
+            }
+        }
+        let mut receivers = self.inner.batch.submit_all(valid).into_iter();
+        let answers = checked.into_iter().map(|c| {
+            let rx = c.as_ref().ok().and_then(|_| receivers.next());
+            async move {
+                let txn = c?;
+                let Some(rx) = rx else {
+                    return Err(Error::Stopped);
+                };
+                match rx.await.map_err(|_| Error::Stopped).and_then(|r| r) {
+                    Err(e) if Self::leader_url(&e).is_some() => {
+                        let url = Self::leader_url(&e).unwrap_or_default();
+                        self.inner.peer.txn(&url, &txn).await
+                    }
+                    other => other,
+                }
+            }
+        });
+        futures::future::join_all(answers).await
+    }
+
     async fn propose(&self, txn: Txn) -> Result<TxnResult> {
-        let (reply, rx) = oneshot::channel();
-        self.inner
-            .batch
-            .send(Pending { txn, reply })
-            .await
-            .map_err(|_| Error::Stopped)?;
+        let rx = self.inner.batch.submit(txn);
         rx.await.map_err(|_| Error::Stopped)?
     }
 

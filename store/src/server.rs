@@ -175,7 +175,7 @@ const MAX_TXNS_PER_REQUEST: usize = 1024;
 
 /// Several independent txns in one request: each is checked, proposed and answered as if it
 /// had come alone to `/v1/txn`, so one bad txn fails only itself. They are handed to the
-/// batcher in the request's order and wait together.
+/// batcher together, in the request's order, and wait together (`Member::txns`).
 async fn txns(
     State(m): State<Member>,
     FastJson(req): FastJson<Vec<Txn>>,
@@ -187,7 +187,7 @@ async fn txns(
         }
         .into());
     }
-    let answers = futures::future::join_all(req.into_iter().map(|t| m.txn(t))).await;
+    let answers = m.txns(req).await;
     Ok(Json(
         answers.into_iter().map(TxnAnswer::from_result).collect(),
     ))

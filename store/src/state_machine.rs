@@ -17,6 +17,7 @@ use rocksdb::{DB, Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions
 use tokio::io::AsyncWriteExt;
 use tokio::sync::broadcast;
 
+use crate::batcher::Answers;
 use crate::db::{CF_HISTORY, CF_KV, CF_SM_META, be, cf, from_be};
 use crate::error::{Error, Result};
 use crate::snapshot::{self, Family, Header};
@@ -931,10 +932,23 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: Send,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
-        let (responses, batches) = self.shared.apply_entries(entries).map_err(|e| sm_err(&e))?;
+        let answers: Vec<Answers> = entries
+            .iter()
+            .map(|e| match &e.payload {
+                EntryPayload::Normal(req) => req.answers.clone(),
+                _ => Answers::default(),
+            })
+            .collect();
+        let (mut responses, batches) =
+            self.shared.apply_entries(entries).map_err(|e| sm_err(&e))?;
         for b in batches {
             // No receivers is normal: nobody is watching.
             let _ = self.shared.notify.send(Notice::Applied(Arc::new(b)));
+        }
+        // Answered here, after the watchers heard of it, rather than through openraft's core
+        // and the batcher: two task hand-offs fewer between a write's apply and its client.
+        for (answers, response) in answers.iter().zip(responses.iter_mut()) {
+            answers.answer(response);
         }
         Ok(responses)
     }
@@ -1010,7 +1024,7 @@ mod tests {
     fn entry(index: u64, txn: Txn) -> Entry {
         Entry {
             log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
-            payload: EntryPayload::Normal(Request { txns: vec![txn] }),
+            payload: EntryPayload::Normal(Request::new(vec![txn])),
         }
     }
 
@@ -1138,11 +1152,11 @@ mod tests {
         let entries = (1..=4)
             .map(|rev| Entry {
                 log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), rev),
-                payload: EntryPayload::Normal(Request {
-                    txns: (0..3)
+                payload: EntryPayload::Normal(Request::new(
+                    (0..3)
                         .map(|k| Txn::put(format!("/t/{rev}/{k}"), serde_json::json!({})))
                         .collect(),
-                }),
+                )),
             })
             .collect();
         sm.shared.apply_entries(entries).expect("apply");

@@ -40,6 +40,19 @@ pub type Revision = u64;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Request {
     pub txns: Vec<Txn>,
+    /// Where the answers go, on the member that proposed the entry: not part of the entry
+    /// (never written or sent), only carried with this process's own copy of it.
+    #[serde(skip)]
+    pub(crate) answers: crate::batcher::Answers,
+}
+
+impl Request {
+    pub fn new(txns: Vec<Txn>) -> Self {
+        Request {
+            txns,
+            answers: Default::default(),
+        }
+    }
 }
 
 impl fmt::Display for Request {

@@ -262,6 +262,76 @@ async fn concurrent_writes_share_raft_entries() {
     );
 }
 
+/// The log keeps recent entries decoded and the state machine answers a txn from that copy;
+/// an entry over that cache's 1 MiB is read back from RocksDB without its replies, and is
+/// answered from what openraft returns instead.
+#[tokio::test]
+async fn a_write_too_big_for_the_decoded_log_tail_is_answered_all_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = start(dir.path()).await;
+    let mut value = obj("big", 1);
+    value["data"]["blob"] = json!("x".repeat(1200 * 1024));
+    let key = "/core/ConfigMap/default/big";
+    let big = m.txn(Txn::put(key, value)).await.unwrap();
+    assert!(big.succeeded);
+    let small = m
+        .txn(Txn::put("/core/ConfigMap/default/small", obj("small", 1)))
+        .await
+        .unwrap();
+    assert!(small.revision > big.revision);
+    let (_, kv) = m.get(key, Consistency::Linearizable).await.unwrap();
+    let kv = kv.expect("stored");
+    assert_eq!(kv.mod_revision, big.revision);
+    assert_eq!(
+        kv.value["data"]["blob"].as_str().map(str::len),
+        Some(1200 * 1024)
+    );
+}
+
+/// What one `POST /v1/txns` carries reaches the batcher at once: the txns share one entry
+/// (a quiet member would otherwise propose the first ones alone), a bad one fails alone, and
+/// a second write of a key gets an entry of its own.
+#[tokio::test]
+async fn txns_that_came_together_share_an_entry_and_fail_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = start(dir.path()).await;
+    let mut txns: Vec<Txn> = (0..10)
+        .map(|i| Txn::put(format!("/core/ConfigMap/default/t{i}"), obj("t", i)))
+        .collect();
+    txns.insert(
+        3,
+        Txn::put("/core/ConfigMap/default/bad", json!(["not an object"])),
+    );
+    txns.push(Txn::put("/core/ConfigMap/default/t0", obj("t", 99)));
+    let answers = m.txns(txns).await;
+    assert_eq!(answers.len(), 12);
+    assert!(
+        matches!(answers[3], Err(Error::InvalidValue { .. })),
+        "{:?}",
+        answers[3]
+    );
+    let revisions: Vec<u64> = answers
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 3)
+        .map(|(_, a)| a.as_ref().expect("a good txn succeeds").revision)
+        .collect();
+    let first = revisions[0];
+    assert!(
+        revisions[..10].iter().all(|r| *r == first),
+        "ten puts of ten keys share one entry: {revisions:?}"
+    );
+    assert!(
+        revisions[10] > first,
+        "the second write of t0 has an entry of its own: {revisions:?}"
+    );
+    let (_, kv) = m
+        .get("/core/ConfigMap/default/t0", Consistency::Linearizable)
+        .await
+        .unwrap();
+    assert_eq!(kv.unwrap().value["data"]["n"], json!("99"));
+}
+
 #[tokio::test]
 async fn data_and_revision_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
