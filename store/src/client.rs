@@ -148,6 +148,7 @@ impl WireError {
             Error::Unauthorized => (401, "unauthorized"),
             Error::ClusterMismatch { .. } => (409, "cluster_mismatch"),
             Error::Stopped => (503, "stopped"),
+            Error::NoSpace { .. } => (crate::error::NO_SPACE_STATUS, "no_space"),
             Error::Remote { status, .. } => (*status, "remote"),
             _ => (500, "internal"),
         };

@@ -48,6 +48,15 @@ pub enum Error {
     Raft(String),
     #[error("the store is shutting down")]
     Stopped,
+    /// Writes are refused while the data directory's disk is under its reserve (`disk.rs`).
+    #[error(
+        "the store's disk is nearly full: {free} bytes free for {path}, under the {reserve} bytes kept in reserve; writes are refused until space is freed (reads still work)"
+    )]
+    NoSpace {
+        path: String,
+        free: u64,
+        reserve: u64,
+    },
     #[error("request to {url} failed: {reason}")]
     Transport { url: String, reason: String },
     #[error("{status}: {message}")]
@@ -66,6 +75,10 @@ pub enum Error {
     },
 }
 
+/// HTTP 507 Insufficient Storage, what a member answers a write with while its disk is under
+/// its reserve.
+pub const NO_SPACE_STATUS: u16 = 507;
+
 fn leader_hint(leader: &Option<(u64, String)>) -> String {
     match leader {
         Some((id, addr)) => format!(" (leader is member {id} at {addr})"),
@@ -79,11 +92,12 @@ impl Error {
     }
 
     /// Whether retrying the same call later (possibly against another member) may succeed.
+    /// A full disk is not: it lasts until someone frees space.
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
             Error::NotLeader { .. } | Error::Transport { .. } | Error::Stopped | Error::Raft(_)
-        ) || matches!(self, Error::Remote { status, .. } if *status >= 500)
+        ) || matches!(self, Error::Remote { status, .. } if *status >= 500 && *status != NO_SPACE_STATUS)
     }
 
     /// A copy for each caller that shares one failed request (`Client::txn` coalesces
@@ -111,6 +125,15 @@ impl Error {
             },
             Error::Unauthorized => Error::Unauthorized,
             Error::Stopped => Error::Stopped,
+            Error::NoSpace {
+                path,
+                free,
+                reserve,
+            } => Error::NoSpace {
+                path: path.clone(),
+                free: *free,
+                reserve: *reserve,
+            },
             Error::Raft(m) => Error::Raft(m.clone()),
             other => Error::Remote {
                 status: 500,

@@ -22,6 +22,7 @@ mod batcher;
 pub mod client;
 pub mod cluster_id;
 pub mod db;
+mod disk;
 pub mod error;
 mod fast_json;
 pub mod log_store;

@@ -15,6 +15,7 @@ use openraft::error::{CheckIsLeaderError, RaftError};
 use crate::batcher::{self, Batcher};
 use crate::client::Peer;
 use crate::cluster_id::ClusterId;
+use crate::disk::Reserve;
 use crate::error::{Error, Result};
 use crate::network::Network;
 use crate::state_machine::{Continue, StateMachine};
@@ -167,7 +168,14 @@ pub struct MemberConfig {
     pub memtable_budget: usize,
     pub heartbeat_ms: u64,
     pub election_timeout_ms: (u64, u64),
+    /// Writes are refused while the data directory's filesystem has less free space than
+    /// this (`disk.rs`); 0 turns the check off.
+    pub min_free_bytes: u64,
 }
+
+/// Room for a memtable flush (the server's budget is 32 MiB), a snapshot of a small store
+/// and the WAL files RocksDB preallocates, once writes stop.
+pub const DEFAULT_MIN_FREE_BYTES: u64 = 128 << 20;
 
 impl MemberConfig {
     pub fn new(
@@ -188,6 +196,7 @@ impl MemberConfig {
             memtable_budget: crate::db::DEFAULT_MEMTABLE_BUDGET,
             heartbeat_ms: 100,
             election_timeout_ms: (400, 800),
+            min_free_bytes: DEFAULT_MIN_FREE_BYTES,
         }
     }
 }
@@ -204,6 +213,7 @@ struct Inner {
     raft: Raft,
     sm: StateMachine,
     batch: Arc<Batcher>,
+    reserve: Reserve,
     limits: Limits,
     peer: Peer,
     cluster: ClusterId,
@@ -303,6 +313,7 @@ impl Member {
                 raft,
                 sm,
                 batch,
+                reserve: Reserve::new(&cfg.data_dir, cfg.min_free_bytes),
                 limits: cfg.limits,
                 peer,
                 cluster,
@@ -429,6 +440,7 @@ impl Member {
     /// This member's own answer to a transaction: only the leader can give one.
     pub async fn txn_local(&self, txn: Txn) -> Result<TxnResult> {
         self.inner.limits.check_txn(&txn)?;
+        self.inner.reserve.check()?;
         self.propose(txn).await
     }
 
@@ -438,6 +450,7 @@ impl Member {
     pub async fn txn_commit(&self, txn: Txn) -> Result<TxnResult> {
         let limits = &self.inner.limits;
         limits.check_txn_ops(&txn, limits.max_commit_ops)?;
+        self.inner.reserve.check()?;
         self.propose(txn).await
     }
 
@@ -447,8 +460,13 @@ impl Member {
     pub async fn txns(&self, txns: Vec<Txn>) -> Vec<Result<TxnResult>> {
         let mut checked = Vec::with_capacity(txns.len());
         let mut valid = Vec::new();
+        let reserve = self.inner.reserve.check();
         for txn in txns {
-            match self.inner.limits.check_txn(&txn) {
+            match reserve
+                .as_ref()
+                .map_err(Error::duplicate)
+                .and_then(|()| self.inner.limits.check_txn(&txn))
+            {
                 Ok(()) => {
                     valid.push(txn.clone());
                     checked.push(Ok(txn));
