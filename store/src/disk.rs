@@ -11,13 +11,13 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::error::{Error, Result};
 
-/// How long a reading of the free space is trusted: a write then costs no syscall, and a
-/// freed disk takes writes again within this much time.
-const RECHECK: Duration = Duration::from_millis(200);
+/// How long, in milliseconds, a reading of the free space is trusted: a write then costs no
+/// syscall, and a freed disk takes writes again within this much time.
+const RECHECK_MS: u64 = 200;
 
 pub(crate) struct Reserve {
     dir: PathBuf,
@@ -61,8 +61,7 @@ impl Reserve {
             .unwrap_or(u64::MAX)
             .saturating_add(1);
         let read_at = self.read_at.load(Ordering::Relaxed);
-        let recheck = u64::try_from(RECHECK.as_millis()).unwrap_or(u64::MAX);
-        if read_at != 0 && now.saturating_sub(read_at) < recheck {
+        if read_at != 0 && now.saturating_sub(read_at) < RECHECK_MS {
             return self.free.load(Ordering::Relaxed);
         }
         // Two callers may both read it at once; both store a fresh reading, so no harm.

@@ -458,22 +458,19 @@ impl Member {
     /// answered as if it had come alone, so one bad txn fails only itself, but they reach the
     /// batcher together and share entries. Txns a follower cannot answer go to the leader.
     pub async fn txns(&self, txns: Vec<Txn>) -> Vec<Result<TxnResult>> {
-        let mut checked = Vec::with_capacity(txns.len());
-        let mut valid = Vec::new();
         let reserve = self.inner.reserve.check();
-        for txn in txns {
-            match reserve
-                .as_ref()
-                .map_err(Error::duplicate)
-                .and_then(|()| self.inner.limits.check_txn(&txn))
-            {
-                Ok(()) => {
-                    valid.push(txn.clone());
-                    checked.push(Ok(txn));
-                }
-                Err(e) => checked.push(Err(e)),
-            }
-        }
+        let checked: Vec<Result<Txn>> = txns
+            .into_iter()
+            .map(|txn| {
+                reserve
+                    .as_ref()
+                    .map_err(Error::duplicate)
+                    .and_then(|()| self.inner.limits.check_txn(&txn))
+                    .map(|()| txn)
+            })
+            .collect();
+        // Each valid txn is also kept here, to be forwarded if this member is not the leader.
+        let valid = checked.iter().filter_map(|c| c.as_ref().ok().cloned());
         let mut receivers = self.inner.batch.submit_all(valid).into_iter();
         let answers = checked.into_iter().map(|c| {
             let rx = c.as_ref().ok().and_then(|_| receivers.next());
@@ -482,16 +479,22 @@ impl Member {
                 let Some(rx) = rx else {
                     return Err(Error::Stopped);
                 };
-                match rx.await.map_err(|_| Error::Stopped).and_then(|r| r) {
-                    Err(e) if Self::leader_url(&e).is_some() => {
-                        let url = Self::leader_url(&e).unwrap_or_default();
-                        self.inner.peer.txn(&url, &txn).await
-                    }
-                    other => other,
-                }
+                let local = rx.await.map_err(|_| Error::Stopped).and_then(|r| r);
+                self.or_forwarded(local, &txn).await
             }
         });
         futures::future::join_all(answers).await
+    }
+
+    /// `local`, this member's own answer to `txn`, or, if it is not the leader, the leader's.
+    async fn or_forwarded(&self, local: Result<TxnResult>, txn: &Txn) -> Result<TxnResult> {
+        match local {
+            Err(e) if Self::leader_url(&e).is_some() => {
+                let url = Self::leader_url(&e).unwrap_or_default();
+                self.inner.peer.txn(&url, txn).await
+            }
+            other => other,
+        }
     }
 
     async fn propose(&self, txn: Txn) -> Result<TxnResult> {
@@ -587,13 +590,8 @@ impl Kv for Member {
     async fn txn(&self, txn: Txn) -> Result<TxnResult> {
         // Checked here too, so a bad txn is refused without a round trip to the leader.
         self.inner.limits.check_txn(&txn)?;
-        match self.txn_local(txn.clone()).await {
-            Err(e) if Self::leader_url(&e).is_some() => {
-                let url = Self::leader_url(&e).unwrap_or_default();
-                self.inner.peer.txn(&url, &txn).await
-            }
-            other => other,
-        }
+        let local = self.txn_local(txn.clone()).await;
+        self.or_forwarded(local, &txn).await
     }
 
     async fn watch(&self, prefix: &str, from: Revision, prev: bool) -> Result<WatchStream> {
