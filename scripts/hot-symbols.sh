@@ -11,9 +11,12 @@
 # still defines (see below for the order). Three to five minutes; needs root (the pods are
 # real) and valgrind.
 #
-# Make the list again after a toolchain update or large changes, from a build made the way
-# scripts/dev.sh makes it (`--workspace`, so the features and with them the symbol names are
-# the same), then rebuild.
+# Make the list again after a toolchain update, large changes, or any change to a crate's
+# dependencies (a crate's dependencies are part of the hash in each of its symbol names, so
+# one new dependency renames the whole crate and the list stops matching it), from a build
+# made the way scripts/dev.sh makes it (`--workspace`, so the features and with them the
+# symbol names are the same), then rebuild. `nm` on the release binary against the list shows
+# how much of it still matches.
 set -euo pipefail
 export LC_ALL=C
 
