@@ -48,6 +48,9 @@ pub struct FileConfig {
     /// MiB of RocksDB memtables (`--memtable-mib`), 1 to 4096.
     #[serde(default, deserialize_with = "memtable_mib")]
     pub memtable_mib: Option<u64>,
+    /// MiB kept free on the data folder's disk (`--min-free-mib`), 0 (off) to 1048576.
+    #[serde(default, deserialize_with = "min_free_mib")]
+    pub min_free_mib: Option<u64>,
     /// The Git source to sync, with the fields of [`SourceConfig`].
     pub source: Option<SourceConfig>,
     #[serde(default)]
@@ -95,14 +98,30 @@ pub fn load(path: &Path) -> anyhow::Result<FileConfig> {
 /// The memtable budgets `coxswain server` accepts, in MiB (flag and file alike).
 pub const MEMTABLE_MIB: std::ops::RangeInclusive<u64> = 1..=4096;
 
+/// The disk reserves `coxswain server` accepts, in MiB (flag and file alike): 0 turns the
+/// check off; the top, 1 TiB, keeps the shift to bytes far from overflowing.
+pub const MIN_FREE_MIB: std::ops::RangeInclusive<u64> = 0..=1 << 20;
+
 /// The memtable budget in MiB, in [`MEMTABLE_MIB`].
 fn memtable_mib<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    mib_in(d, &MEMTABLE_MIB)
+}
+
+/// The disk reserve in MiB, in [`MIN_FREE_MIB`].
+fn min_free_mib<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    mib_in(d, &MIN_FREE_MIB)
+}
+
+fn mib_in<'de, D: serde::Deserializer<'de>>(
+    d: D,
+    range: &std::ops::RangeInclusive<u64>,
+) -> Result<Option<u64>, D::Error> {
     let mib = u64::deserialize(d)?;
-    if !MEMTABLE_MIB.contains(&mib) {
+    if !range.contains(&mib) {
         return Err(serde::de::Error::custom(format!(
             "{mib} is not between {} and {}",
-            MEMTABLE_MIB.start(),
-            MEMTABLE_MIB.end()
+            range.start(),
+            range.end()
         )));
     }
     Ok(Some(mib))
@@ -165,6 +184,7 @@ mod tests {
     fn a_full_file_is_read() {
         let cfg = parse(
             "id: 2\ndata: /var/lib/c\nlisten: 0.0.0.0:7400\ntoken: s3cret\nmemtable_mib: 64\n\
+             min_free_mib: 0\n\
              source:\n  repo: file:///srv/deploy.git\n  ref: {tag: v1}\n  path: prod\n  \
              interval: 30s\n  cache_dir: /tmp/c\n  push_notes: true\n\
              prune:\n  max_share: 0.5\n  allow: true\n",
@@ -173,6 +193,7 @@ mod tests {
         .unwrap();
         assert_eq!(cfg.id, Some(2));
         assert_eq!(cfg.memtable_mib, Some(64));
+        assert_eq!(cfg.min_free_mib, Some(0));
         assert_eq!(
             cfg.token(Path::new("c.yaml")).unwrap().as_deref(),
             Some("s3cret")
@@ -213,6 +234,11 @@ mod tests {
                 "id: 1\nmemtable_mib: 0\n",
                 "c.yaml:2:1: memtable_mib: 0 is not between 1 and 4096",
             ),
+            (
+                "min_free_mib: 2000000\n",
+                "c.yaml:1:1: min_free_mib: 2000000 is not between 0 and 1048576",
+            ),
+            ("min_free_mib: -1\n", "c.yaml:1:1: min_free_mib:"),
             (
                 "a: 1\n---\nb: 2\n",
                 "c.yaml:3:1: a config file holds one YAML document",

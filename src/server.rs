@@ -51,6 +51,11 @@ pub struct Args {
     /// flush and compact less under heavy writes; `coxswain up` keeps 8.
     #[arg(long, value_parser = clap::value_parser!(u64).range(crate::config::MEMTABLE_MIB))]
     memtable_mib: Option<u64>,
+    /// MiB to keep free on the data folder's disk [default: 128]. Below it the member
+    /// refuses writes (HTTP 507) and keeps serving reads, before RocksDB runs out of space
+    /// mid-write; 0 turns the check off.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(crate::config::MIN_FREE_MIB))]
+    min_free_mib: Option<u64>,
     #[command(flatten)]
     sync: SyncArgs,
 }
@@ -108,6 +113,8 @@ pub(crate) struct Settings {
     pub(crate) snapshot_every: u64,
     /// Bytes of RocksDB memtables (`MemberConfig::memtable_budget`).
     pub(crate) memtable_budget: usize,
+    /// Bytes kept free on the data folder's disk (`MemberConfig::min_free_bytes`).
+    pub(crate) min_free_bytes: u64,
     pub(crate) source: Option<SourceConfig>,
     pub(crate) prune: PrunePolicy,
 }
@@ -196,6 +203,13 @@ impl Settings {
                 .or(file.memtable_mib)
                 .unwrap_or(SERVER_MEMTABLE_MIB) as usize)
                 << 20,
+            // Within `config::MIN_FREE_MIB` (clap and the file's reader check): no overflow.
+            min_free_bytes: args
+                .min_free_mib
+                .or(file.min_free_mib)
+                .map_or(coxswain_store::member::DEFAULT_MIN_FREE_BYTES, |mib| {
+                    mib << 20
+                }),
             source,
             prune,
         })
@@ -259,6 +273,7 @@ pub(crate) async fn start(args: Settings) -> anyhow::Result<Running> {
     let mut cfg = MemberConfig::new(args.id, &args.data, &advertise, &args.token);
     cfg.snapshot_every = args.snapshot_every.max(10);
     cfg.memtable_budget = args.memtable_budget;
+    cfg.min_free_bytes = args.min_free_bytes;
     let member = Member::start(cfg, args.join.is_none())
         .await
         .with_context(|| format!("starting member {} in {}", args.id, args.data.display()))?;

@@ -74,6 +74,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         // The embedded store shares the process with the agent and controllers, and its idle
         // memory counts: it keeps the store crate's small default.
         memtable_budget: coxswain_store::db::DEFAULT_MEMTABLE_BUDGET,
+        min_free_bytes: coxswain_store::member::DEFAULT_MIN_FREE_BYTES,
         source: Some(source),
         prune: PrunePolicy::new(coxswain_reconciler::prune::DEFAULT_MAX_SHARE, false)?,
     };

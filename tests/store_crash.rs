@@ -7,6 +7,9 @@
 //! - three members, one killed while the others write far past their snapshot and log purge
 //!   point: restarted at the same address it can only catch up by installing a snapshot from
 //!   the leader, and then serves the acknowledged values itself.
+//!
+//! And one test of `--min-free-mib`: a member whose disk has less free space than that
+//! refuses writes and keeps serving reads.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -34,6 +37,8 @@ struct MemberSpec<'a> {
     listen: &'a str,
     join: Option<&'a str>,
     snapshot_every: Option<u64>,
+    /// `--min-free-mib`, the disk reserve under which writes are refused.
+    min_free_mib: Option<u64>,
     /// The process's stderr is appended here.
     log: &'a Path,
 }
@@ -68,6 +73,9 @@ impl Proc {
         }
         if let Some(k) = spec.snapshot_every {
             cmd.args(["--snapshot-every", &k.to_string()]);
+        }
+        if let Some(mib) = spec.min_free_mib {
+            cmd.args(["--min-free-mib", &mib.to_string()]);
         }
         let mut child = cmd
             .stdin(Stdio::null())
@@ -441,6 +449,7 @@ async fn single_member_survives_50_kill_9_during_writes() {
             listen: "127.0.0.1:0",
             join: None,
             snapshot_every: None,
+            min_free_mib: None,
             log: &log,
         });
         let client = Client::new(vec![proc.addr.clone()], TOKEN);
@@ -509,6 +518,7 @@ async fn a_killed_member_rejoins_and_catches_up_by_snapshot() {
         listen: "127.0.0.1:0",
         join: None,
         snapshot_every: Some(SNAPSHOT_EVERY),
+        min_free_mib: None,
         log: &l1,
     });
     let addr1 = m1.addr.clone();
@@ -521,6 +531,7 @@ async fn a_killed_member_rejoins_and_catches_up_by_snapshot() {
             listen: "127.0.0.1:0",
             join: Some(&addr1),
             snapshot_every: Some(SNAPSHOT_EVERY),
+            min_free_mib: None,
             log: &l,
         });
         let joined = format!("coxswain server: member {id} joined the cluster of {addr1}");
@@ -641,6 +652,7 @@ async fn a_killed_member_rejoins_and_catches_up_by_snapshot() {
         listen: &addr3,
         join: None,
         snapshot_every: Some(SNAPSHOT_EVERY),
+        min_free_mib: None,
         log: &l3,
     });
     assert_eq!(m3.addr, addr3, "member 3 came back at another address");
@@ -699,4 +711,65 @@ async fn a_killed_member_rejoins_and_catches_up_by_snapshot() {
         acked.len() + 20,
         began.elapsed().as_secs_f64()
     );
+}
+
+/// Free bytes for unprivileged writers on the filesystem holding `dir`.
+fn free_bytes(dir: &Path) -> u64 {
+    let s = nix::sys::statvfs::statvfs(dir).unwrap();
+    s.blocks_available() * s.fragment_size()
+}
+
+/// `--min-free-mib` reaches the member: started again with a reserve above what its disk
+/// has free, it answers a put with HTTP 507 and a message saying why, and still serves the
+/// object written before. A reserve of 0 (off) lets the first put through on any disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reserve_above_the_free_space_refuses_writes_and_keeps_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("member-1");
+    let log = dir.path().join("member-1.log");
+    let spec = |min_free_mib| MemberSpec {
+        id: 1,
+        data: &data,
+        listen: "127.0.0.1:0",
+        join: None,
+        snapshot_every: None,
+        min_free_mib: Some(min_free_mib),
+        log: &log,
+    };
+    let key = "/core/ConfigMap/default/reserve";
+    let obj = |n: u64| json!({"metadata": {"name": "reserve"}, "data": {"n": n.to_string()}});
+
+    let mut proc = spawn_blocking_ok(&spec(0));
+    let client = Client::new(vec![proc.addr.clone()], TOKEN);
+    let written = client.txn(Txn::put(key, obj(1))).await.unwrap();
+    assert!(written.succeeded);
+    proc.kill9();
+    drop(proc);
+
+    // A MiB more than is free now; far under the flag's 1 TiB ceiling on this machine.
+    let over = free_bytes(dir.path()) / (1 << 20) + 1024;
+    let proc = spawn_blocking_ok(&spec(over));
+    let client = Client::new(vec![proc.addr.clone()], TOKEN);
+    let got = client
+        .get(key, Consistency::Linearizable)
+        .await
+        .unwrap()
+        .1
+        .expect("the object written before");
+    assert_eq!(got.value["data"]["n"], "1");
+    let refused = client.txn(Txn::put(key, obj(2))).await.unwrap_err();
+    match &refused {
+        coxswain_store::Error::Remote { status, message } => {
+            assert_eq!(*status, 507, "{refused}");
+            assert!(message.contains("nearly full"), "{message}");
+        }
+        other => panic!("expected a 507 from the member, got {other:?}"),
+    }
+    let after = client
+        .get(key, Consistency::Linearizable)
+        .await
+        .unwrap()
+        .1
+        .expect("still there");
+    assert_eq!(after.value["data"]["n"], "1");
 }
