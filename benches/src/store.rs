@@ -62,6 +62,11 @@ struct Report {
 struct Fsync {
     per_sec: f64,
     mean_us: f64,
+    /// p50 of an fdatasync that follows a small append and a pause of about 300 µs: what a
+    /// log's sync pays between one client's puts (an append also writes the inode, and
+    /// this VM's disk is slower to take a request after a moment without one). Context for
+    /// the one-client latency; the ceiling stays `mean_us`.
+    append_after_pause_p50_us: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -342,6 +347,8 @@ fn percentile(sorted: &[u32], p: f64) -> u64 {
 }
 
 /// fdatasync of a 4 KiB write in a loop: the most one durable write at a time can do here.
+/// Then the same disk's fdatasync as a log sees it between one client's puts (see
+/// [`Fsync::append_after_pause_p50_us`]), in about `run_for` again.
 fn fdatasync_rate(dir: &Path, run_for: Duration) -> anyhow::Result<Fsync> {
     use std::os::unix::fs::FileExt;
     let path = dir.join("fsync-probe");
@@ -355,9 +362,26 @@ fn fdatasync_rate(dir: &Path, run_for: Duration) -> anyhow::Result<Fsync> {
         n += 1;
     }
     let secs = start.elapsed().as_secs_f64();
+    drop(file);
+    std::fs::remove_file(&path)?;
+
+    // About the size of one put's log record.
+    let mut log = std::fs::File::create(dir.join("fsync-append-probe"))?;
+    let record = vec![7u8; 600];
+    let mut syncs = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < run_for {
+        log.write_all(&record)?;
+        let at = Instant::now();
+        log.sync_data()?;
+        syncs.push(u32::try_from(at.elapsed().as_micros()).unwrap_or(u32::MAX));
+        std::thread::sleep(Duration::from_micros(300));
+    }
+    syncs.sort_unstable();
     Ok(Fsync {
         per_sec: n as f64 / secs,
         mean_us: secs * 1e6 / n.max(1) as f64,
+        append_after_pause_p50_us: percentile(&syncs, 0.5) as f64,
     })
 }
 
@@ -572,6 +596,10 @@ fn print_text(r: &Report) {
     println!(
         "disk: fdatasync of 4 KiB {:.0}/s ({:.0} us each), the ceiling for one durable write at a time",
         r.fdatasync.per_sec, r.fdatasync.mean_us
+    );
+    println!(
+        "disk: fdatasync of a 600-byte append after a 300 us pause, p50 {:.0} us (what a log's sync pays between one client's puts)",
+        r.fdatasync.append_after_pause_p50_us
     );
     println!(
         "{:<10} {:>7} {:>7} {:>12} {:>10} {:>10} {:>7} {:>12}",
