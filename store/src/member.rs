@@ -488,13 +488,12 @@ impl Member {
 
     /// `local`, this member's own answer to `txn`, or, if it is not the leader, the leader's.
     async fn or_forwarded(&self, local: Result<TxnResult>, txn: &Txn) -> Result<TxnResult> {
-        match local {
-            Err(e) if Self::leader_url(&e).is_some() => {
-                let url = Self::leader_url(&e).unwrap_or_default();
-                self.inner.peer.txn(&url, txn).await
-            }
-            other => other,
+        if let Err(e) = &local
+            && let Some(url) = Self::leader_url(e)
+        {
+            return self.inner.peer.txn(&url, txn).await;
         }
+        local
     }
 
     async fn propose(&self, txn: Txn) -> Result<TxnResult> {
@@ -556,13 +555,13 @@ impl Kv for Member {
         key: &str,
         consistency: Consistency,
     ) -> Result<(Revision, Option<KeyValue>)> {
-        match self.get_local(key, consistency).await {
-            Err(e) if Self::leader_url(&e).is_some() => {
-                let url = Self::leader_url(&e).unwrap_or_default();
-                self.inner.peer.get(&url, key, consistency).await
-            }
-            other => other,
+        let local = self.get_local(key, consistency).await;
+        if let Err(e) = &local
+            && let Some(url) = Self::leader_url(e)
+        {
+            return self.inner.peer.get(&url, key, consistency).await;
         }
+        local
     }
 
     async fn list(
@@ -572,19 +571,19 @@ impl Kv for Member {
         continue_token: Option<&str>,
         consistency: Consistency,
     ) -> Result<ListPage> {
-        match self
+        let local = self
             .list_local(prefix, limit, continue_token, consistency)
-            .await
+            .await;
+        if let Err(e) = &local
+            && let Some(url) = Self::leader_url(e)
         {
-            Err(e) if Self::leader_url(&e).is_some() => {
-                let url = Self::leader_url(&e).unwrap_or_default();
-                self.inner
-                    .peer
-                    .list(&url, prefix, limit, continue_token, consistency)
-                    .await
-            }
-            other => other,
+            return self
+                .inner
+                .peer
+                .list(&url, prefix, limit, continue_token, consistency)
+                .await;
         }
+        local
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnResult> {
